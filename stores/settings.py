@@ -32,6 +32,8 @@ class Settings(BaseSettings):
     state_dir: Path = Field(default=REPO_ROOT / ".state", description="Embedded database and other local state.")
     artifacts_dir: Path = Field(default=REPO_ROOT / "artifacts", description="Versioned model artifacts.")
     data_dir: Path = Field(default=REPO_ROOT.parent / "shared" / "data", description="Public datasets.")
+    max_body_bytes: int = Field(default=256 * 1024, ge=1024, description="HTTP bodies above this get 413.")
+    metrics_port: int = Field(default=9464, description="Ray's Prometheus export port (recserve serve).")
     db_pool_max: int = Field(default=8, ge=1, le=64, description="Connections per process pool.")
 
     @field_validator("namespace")

@@ -1,0 +1,34 @@
+# Every target creates the virtual environment when it is missing.
+VENV ?= .venv
+PYTHON ?= python3
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed
+
+.PHONY: demo test serve bench loadtest clean-state
+
+$(STAMP): pyproject.toml
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	# torch first and pinned: anything unpinned would pull several GB of CUDA wheels.
+	$(PY) -m pip install --quiet "torch==2.13.0"
+	$(PY) -m pip install --quiet -e ".[test]"
+	touch $(STAMP)
+
+demo: $(STAMP)
+	$(VENV)/bin/recserve demo
+
+serve: $(STAMP)
+	$(VENV)/bin/recserve serve
+
+# pytest exits 5 when it collects no tests; that is not a failure of the suite.
+test: $(STAMP)
+	$(PY) -m pytest -q -rs $(PYTEST_ARGS); status=$$?; if [ $$status -eq 5 ]; then exit 0; else exit $$status; fi
+
+bench: $(STAMP)
+	$(PY) benchmarks/copy_load.py
+	$(PY) benchmarks/evaluation_speed.py
+	$(PY) benchmarks/serving_latency.py
+
+clean-state: $(STAMP)
+	$(VENV)/bin/recserve db stop
+	rm -rf .state artifacts reports

@@ -1,0 +1,124 @@
+"""The contract every model deployment follows (DESIGN.md, "Serving contract").
+
+    recommend(query) -> list[Candidate]
+    status() -> ModelStatus
+    reconfigure(user_config)   # loads the artifact version named there: hot swap, no restart
+
+`ArtifactModel` implements status/reconfigure once: the new version is loaded off the event loop
+and swapped in with one assignment, so requests in flight finish on the version they started with.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from datetime import datetime
+from pathlib import Path
+from typing import Any, ClassVar, Generic, Literal, TypeVar
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from deployments.metrics import ModelMetrics
+from stores.artifacts import ArtifactNotFound, ArtifactStore, Manifest
+
+log = logging.getLogger(__name__)
+
+
+class Filters(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    category: str | None = Field(default=None, max_length=128)
+    provider: str | None = Field(default=None, max_length=128)
+
+
+class ModelQuery(BaseModel):
+    user_id: str | None = None
+    session_items: list[str] = Field(default_factory=list)
+    device: str | None = None
+    k: int = 10
+    exclude_ids: list[str] = Field(default_factory=list)
+    filters: Filters = Field(default_factory=Filters)
+
+
+class Candidate(BaseModel):
+    item_id: str
+    score: float
+    source: str
+    reason: str
+
+
+class StageAttempt(BaseModel):
+    """How one model stage of a request went; the response lists them in the order tried."""
+
+    model: str
+    outcome: Literal["served", "too_few", "not_loaded", "error", "timeout", "skipped"]
+    returned: int = 0
+    latency_ms: float
+
+
+class ModelStatus(BaseModel):
+    model: str
+    loaded: bool
+    version: str | None = None
+    trained_at: datetime | None = None
+    item_count: int = 0
+    user_count: int = 0
+    metrics: dict[str, Any] = Field(default_factory=dict)
+    error: str | None = None
+
+
+class ModelUserConfig(BaseModel):
+    """What `serve deploy` sends a model through `user_config`."""
+
+    model_config = ConfigDict(extra="forbid")
+    version: str = Field(default="current", description="artifact version to serve, or 'current'")
+
+
+LoadedT = TypeVar("LoadedT")
+
+
+class ArtifactModel(Generic[LoadedT]):
+    """Base of the model deployments: holds the loaded artifact and swaps it on reconfigure."""
+
+    model_name: ClassVar[str]
+
+    def __init__(self, namespace: str, artifacts_dir: str):
+        self.artifacts = ArtifactStore(Path(artifacts_dir), namespace)
+        self.metrics = ModelMetrics()
+        self.loaded: LoadedT | None = None
+        self.manifest: Manifest | None = None
+        self.error: str | None = None
+
+    def load_artifact(self, folder: Path) -> LoadedT:
+        raise NotImplementedError
+
+    async def reconfigure(self, user_config: dict) -> None:
+        config = ModelUserConfig.model_validate(user_config or {})
+        try:
+            folder = self.artifacts.resolve(self.model_name, config.version)
+            manifest = self.artifacts.manifest(self.model_name, folder.name)
+            loaded = await asyncio.to_thread(self.load_artifact, folder)
+        except ArtifactNotFound as missing:
+            # Not trained yet is a state, not a crash: status() says so and recommend() is empty.
+            self.error = str(missing)
+            log.warning("%s: %s", self.model_name, missing)
+            return
+        previous = self.manifest
+        self.loaded, self.manifest, self.error = loaded, manifest, None
+        if previous is not None:
+            self.metrics.version.set(0, tags={"model": self.model_name, "version": previous.version})
+        self.metrics.version.set(1, tags={"model": self.model_name, "version": manifest.version})
+        log.info("%s: serving version %s", self.model_name, manifest.version)
+
+    async def status(self) -> ModelStatus:
+        manifest = self.manifest
+        if self.loaded is None or manifest is None:
+            return ModelStatus(model=self.model_name, loaded=False, error=self.error)
+        return ModelStatus(
+            model=self.model_name,
+            loaded=True,
+            version=manifest.version,
+            trained_at=manifest.created_at,
+            item_count=manifest.item_count,
+            user_count=manifest.user_count,
+            metrics=manifest.metrics,
+        )

@@ -1,0 +1,233 @@
+"""The HTTP front door: FastAPI on `@serve.ingress`, composing the model deployments.
+
+Model handles are injected through `bind()` (see deployments/app.py). Events are written to
+PostgreSQL before they are acknowledged. OpenAPI lives at /docs.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+import uuid
+from datetime import UTC, datetime
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from pydantic import BaseModel, Field
+from ray import serve
+from ray.serve.handle import DeploymentHandle
+from starlette.middleware.base import BaseHTTPMiddleware
+
+from deployments.contract import ModelQuery, ModelStatus
+from deployments.metrics import IngressMetrics
+from deployments.schemas import (
+    ErrorResponse,
+    Interaction,
+    InteractionsBody,
+    InteractionBatch,
+    InteractionsResponse,
+    UNION_TAGS,
+    RecommendedItem,
+    RecommendRequest,
+    RecommendResponse,
+    StatusResponse,
+    StoredEvent,
+)
+from fusion.cascade import Stage, run_cascade
+from stores.event_store import EventRow, EventStore
+from stores.postgres import UNAVAILABLE_ERRORS, Database
+from stores.settings import get_settings
+
+log = logging.getLogger(__name__)
+
+
+class IngressConfig(BaseModel):
+    """Static ingress settings (app `args.ingress` in serve_config.yaml)."""
+
+    namespace: str = "demo"
+    cascade: list[str] = Field(default_factory=lambda: ["popularity"], description="model stages, in order")
+    stage_timeout_ms: dict[str, float] = Field(default_factory=lambda: {"popularity": 250.0})
+    default_stage_timeout_ms: float = 300.0
+    status_refresh_s: float = Field(default=5.0, description="how stale a model's loaded/version view may be")
+    retry_after_s: int = Field(default=5, description="Retry-After sent with 503 when PostgreSQL is down")
+
+
+api = FastAPI(
+    title="recserve",
+    version="0.1.0",
+    description="Graph-neural-network recommendations served on Ray Serve.",
+    responses={422: {"model": ErrorResponse}},
+)
+
+
+class BodySizeLimit(BaseHTTPMiddleware):
+    """Refuse oversized bodies before they are parsed (declared length or streamed)."""
+
+    def __init__(self, app, max_bytes: int):
+        super().__init__(app)
+        self.max_bytes = max_bytes
+
+    async def dispatch(self, request: Request, call_next):
+        declared = request.headers.get("content-length")
+        if declared is not None and declared.isdigit() and int(declared) > self.max_bytes:
+            return _too_large(self.max_bytes)
+        if request.method in ("POST", "PUT", "PATCH") and declared is None:
+            body = b""
+            async for chunk in request.stream():
+                body += chunk
+                if len(body) > self.max_bytes:
+                    return _too_large(self.max_bytes)
+            request._body = body  # starlette re-serves the buffered body to the endpoint
+        return await call_next(request)
+
+
+def _too_large(limit: int) -> JSONResponse:
+    error = ErrorResponse(error=f"request body is larger than {limit} bytes", fields=["body"])
+    return JSONResponse(error.model_dump(), status_code=413)
+
+
+api.add_middleware(BodySizeLimit, max_bytes=get_settings().max_body_bytes)
+
+
+@api.exception_handler(RequestValidationError)
+async def _validation_error(request: Request, exc: RequestValidationError) -> JSONResponse:
+    """422 whose `fields` names every offending field, e.g. `k` or `events.0.event_type`."""
+    fields = [".".join(str(p) for p in e["loc"][1:] if p not in UNION_TAGS) or "body" for e in exc.errors()]
+    messages = "; ".join(f"{f}: {e['msg']}" for f, e in zip(fields, exc.errors()))
+    detail = [{k: e[k] for k in ("loc", "msg", "type") if k in e} for e in exc.errors()]
+    return JSONResponse(ErrorResponse(error=messages, fields=fields, detail=detail).model_dump(), status_code=422)
+
+
+@serve.deployment
+@serve.ingress(api)
+class Ingress:
+    def __init__(self, models: dict[str, DeploymentHandle], config: dict | None = None):
+        self.config = IngressConfig.model_validate(config or {})
+        self.models = models
+        self.store = EventStore(Database.from_settings(namespace=self.config.namespace))
+        self.metrics = IngressMetrics()
+        self._statuses: dict[str, ModelStatus] = {}
+        self._statuses_at = 0.0
+        self._status_lock = asyncio.Lock()
+
+    # -- model status ----------------------------------------------------------------------------
+    async def model_statuses(self) -> dict[str, ModelStatus]:
+        if time.monotonic() - self._statuses_at > self.config.status_refresh_s:
+            async with self._status_lock:
+                if time.monotonic() - self._statuses_at > self.config.status_refresh_s:
+                    self._statuses = await self._fetch_statuses()
+                    self._statuses_at = time.monotonic()
+        return self._statuses
+
+    async def _fetch_statuses(self) -> dict[str, ModelStatus]:
+        async def one(name: str, handle: DeploymentHandle) -> ModelStatus:
+            try:
+                return await asyncio.wait_for(handle.status.remote(), 2.0)
+            except Exception as error:  # noqa: BLE001 - an unreachable model is "not loaded"
+                return ModelStatus(model=name, loaded=False, error=f"status failed: {type(error).__name__}")
+
+        results = await asyncio.gather(*(one(n, h) for n, h in self.models.items()))
+        return dict(zip(self.models, results))
+
+    # -- recommendations -------------------------------------------------------------------------
+    @api.post("/v1/recommend", response_model=RecommendResponse)
+    async def recommend(self, request: RecommendRequest) -> RecommendResponse:
+        strategy, arm = "cascade", "cascade"  # the A/B switch and fusion arrive with the ingress issue
+        statuses = await self.model_statuses()
+        exclude = list(request.exclude_ids)
+        if request.filters.exclude_seen and request.user_id:
+            exclude += await self._seen_items(request.user_id)
+        needed = request.offset + request.k
+        query = ModelQuery(
+            user_id=request.user_id,
+            session_items=request.session_items,
+            device=request.context.device,
+            k=needed,
+            exclude_ids=exclude,
+            filters=request.filters,
+        )
+        stages = [self._stage(name, statuses.get(name)) for name in self.config.cascade if name in self.models]
+        result = await run_cascade(stages, query, needed)
+        for attempt in result.attempts:
+            self.metrics.stage_latency.observe(attempt.latency_ms, tags={"stage": attempt.model, "arm": arm})
+            if attempt.outcome != "served":
+                self.metrics.fallthroughs.inc(tags={"stage": attempt.model, "reason": attempt.outcome, "arm": arm})
+        page = result.candidates[request.offset : needed]
+        catalog = await self._catalog(c.item_id for c in page)
+        for source in {c.source for c in page} or {"none"}:
+            self.metrics.requests.inc(tags={"strategy": strategy, "arm": arm, "source": source})
+        return RecommendResponse(
+            request_id=uuid.uuid4().hex,
+            user_id=request.user_id,
+            strategy=strategy,
+            arm=arm,
+            items=[RecommendedItem(**c.model_dump(), **catalog.get(c.item_id, {})) for c in page],
+            models_tried=result.attempts,
+            model_versions={name: status.version for name, status in statuses.items()},
+        )
+
+    def _stage(self, name: str, status: ModelStatus | None) -> Stage:
+        timeout_ms = self.config.stage_timeout_ms.get(name, self.config.default_stage_timeout_ms)
+        handle = self.models[name]
+        loaded = status is not None and status.loaded
+        return Stage(name, lambda q: handle.recommend.remote(q), timeout_ms / 1000, None if loaded else "not_loaded")
+
+    async def _seen_items(self, user_id: str) -> list[str]:
+        try:
+            return await asyncio.to_thread(self.store.seen_items, user_id)
+        except UNAVAILABLE_ERRORS:
+            # Recommendations keep working without PostgreSQL; they just cannot exclude history.
+            log.warning("exclude_seen skipped: PostgreSQL unavailable")
+            return []
+
+    async def _catalog(self, item_ids) -> dict[str, dict]:
+        try:
+            found = await asyncio.to_thread(self.store.items_by_id, list(item_ids))
+        except UNAVAILABLE_ERRORS:
+            return {}
+        return {i: {k: meta[k] for k in ("title", "provider", "category")} for i, meta in found.items()}
+
+    # -- interactions ----------------------------------------------------------------------------
+    @api.post("/v1/interactions", response_model=InteractionsResponse, status_code=201)
+    async def interactions(self, body: InteractionsBody) -> InteractionsResponse | JSONResponse:
+        events = body.events if isinstance(body, InteractionBatch) else [body]
+        now = datetime.now(UTC)
+        rows = [
+            EventRow(e.user_id, e.item_id, e.session_id, e.event_type.value, e.value, e.device, e.ts or now, e.idempotency_key)
+            for e in events
+        ]
+        try:
+            stored = await asyncio.to_thread(self.store.insert_events, rows)
+        except UNAVAILABLE_ERRORS:
+            self.metrics.events_rejected.inc(len(rows), tags={"reason": "database_unavailable"})
+            error = ErrorResponse(error="the event store is unavailable; nothing was stored, retry later")
+            return JSONResponse(
+                error.model_dump(), status_code=503, headers={"Retry-After": str(self.config.retry_after_s)}
+            )
+        for event, result in zip(events, stored):
+            if not result.duplicate:
+                self.metrics.events_ingested.inc(tags={"event_type": event.event_type.value})
+        duplicates = sum(r.duplicate for r in stored)
+        return InteractionsResponse(
+            accepted=len(stored) - duplicates,
+            duplicates=duplicates,
+            events=[StoredEvent(event_id=r.event_id, duplicate=r.duplicate) for r in stored],
+        )
+
+    # -- service ---------------------------------------------------------------------------------
+    @api.get("/v1/status", response_model=StatusResponse)
+    async def status(self) -> StatusResponse:
+        self._statuses_at = 0.0  # status is the place to see a fresh view
+        return StatusResponse(
+            namespace=self.config.namespace,
+            models=await self.model_statuses(),
+            strategy="cascade",
+            cascade=self.config.cascade,
+        )
+
+    @api.get("/healthz")
+    async def healthz(self) -> dict:
+        statuses = await self.model_statuses()
+        return {"status": "ok", "models_loaded": sorted(n for n, s in statuses.items() if s.loaded)}

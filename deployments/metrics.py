@@ -1,0 +1,48 @@
+"""The project's own Prometheus metrics, exported through Ray's metrics port (names get a `ray_` prefix).
+
+Create them inside a replica (its __init__), never at import time.
+"""
+
+from __future__ import annotations
+
+from ray.serve.metrics import Counter, Gauge, Histogram
+
+LATENCY_BOUNDARIES_MS = [1, 2, 5, 10, 20, 50, 100, 200, 500, 1000, 2000]
+
+
+class IngressMetrics:
+    def __init__(self) -> None:
+        self.requests = Counter(
+            "recserve_recommend_requests",
+            description="Recommendation requests by strategy, A/B arm and the source that served them.",
+            tag_keys=("strategy", "arm", "source"),
+        )
+        self.stage_latency = Histogram(
+            "recserve_stage_latency_ms",
+            description="Latency of each model stage as seen by the ingress.",
+            boundaries=LATENCY_BOUNDARIES_MS,
+            tag_keys=("stage", "arm"),
+        )
+        self.fallthroughs = Counter(
+            "recserve_fallthroughs",
+            description="Cascade stages that passed the request on, by stage and reason.",
+            tag_keys=("stage", "reason", "arm"),
+        )
+        self.cache_hits = Counter(
+            "recserve_cache_hits", description="Per-user result cache hits.", tag_keys=("arm",)
+        )
+        self.events_ingested = Counter(
+            "recserve_events_ingested", description="Events stored (duplicates excluded).", tag_keys=("event_type",)
+        )
+        self.events_rejected = Counter(
+            "recserve_events_rejected", description="Events refused, by reason.", tag_keys=("reason",)
+        )
+
+
+class ModelMetrics:
+    def __init__(self) -> None:
+        self.version = Gauge(
+            "recserve_model_version_info",
+            description="1 for the artifact version a model replica serves.",
+            tag_keys=("model", "version"),
+        )

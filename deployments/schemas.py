@@ -1,0 +1,153 @@
+"""The HTTP API's request and response models. Unknown fields are rejected, sizes are bounded."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+from typing import Annotated, Any, Literal
+
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Discriminator,
+    Field,
+    StringConstraints,
+    Tag,
+    ValidationInfo,
+    field_validator,
+)
+
+from deployments.contract import Filters, ModelStatus, StageAttempt
+from stores.frames import EventType
+
+MAX_K = 100
+MAX_BATCH_EVENTS = 500
+# Clients' clocks drift; an event much later than the server's now is a bug, not a future event.
+MAX_CLOCK_SKEW = timedelta(minutes=5)
+
+Id = Annotated[str, StringConstraints(min_length=1, max_length=128, strip_whitespace=True)]
+Strategy = Literal["cascade", "fusion"]
+
+
+class Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class RecommendFilters(Filters):
+    exclude_seen: bool = Field(default=True, description="leave out items the user already interacted with")
+
+
+class RequestContext(Strict):
+    device: Id | None = None
+    time: datetime | None = Field(default=None, description="the client's local time, for time-of-day context")
+
+
+class RecommendRequest(Strict):
+    user_id: Id | None = Field(default=None, description="known or new user; omit for an anonymous visitor")
+    session_items: list[Id] = Field(default_factory=list, max_length=50, description="anonymous session, oldest first")
+    k: int = Field(default=10, ge=1, le=MAX_K)
+    offset: int = Field(default=0, ge=0, le=1000, description="skip this many results (paging)")
+    context: RequestContext = Field(default_factory=RequestContext)
+    filters: RecommendFilters = Field(default_factory=RecommendFilters)
+    exclude_ids: list[Id] = Field(default_factory=list, max_length=500)
+    strategy: Strategy | None = Field(default=None, description="override the A/B arm's strategy")
+
+
+class RecommendedItem(BaseModel):
+    item_id: str
+    score: float
+    source: str = Field(description="the model that produced this item")
+    reason: str
+    title: str | None = None
+    provider: str | None = None
+    category: str | None = None
+
+
+class RecommendResponse(BaseModel):
+    request_id: str
+    user_id: str | None
+    strategy: Strategy
+    arm: str
+    items: list[RecommendedItem]
+    models_tried: list[StageAttempt]
+    model_versions: dict[str, str | None]
+
+
+class Interaction(Strict):
+    user_id: Id | None = None
+    session_id: Id | None = Field(default=None, validate_default=True, description="required when user_id is absent")
+    item_id: Id
+    event_type: EventType
+    value: float | None = Field(
+        default=None, allow_inf_nan=False, validate_default=True, description="seconds for play, 1..5 for rating"
+    )
+    device: Id | None = None
+    ts: datetime | None = Field(default=None, description="when it happened (default: now); must carry a timezone")
+    idempotency_key: Id | None = Field(default=None, description="retries with the same key store one event")
+
+    # Each check hangs on the field it is about, so a 422's `loc` names that field.
+    @field_validator("session_id")
+    @classmethod
+    def _someone(cls, session_id: str | None, info: ValidationInfo) -> str | None:
+        if session_id is None and "user_id" in info.data and info.data["user_id"] is None:
+            raise ValueError("an event needs a user_id or a session_id")
+        return session_id
+
+    @field_validator("value")
+    @classmethod
+    def _value_fits_type(cls, value: float | None, info: ValidationInfo) -> float | None:
+        event_type = info.data.get("event_type")
+        if event_type == EventType.RATING and (value is None or not 1 <= value <= 5):
+            raise ValueError("a rating needs a value between 1 and 5")
+        if event_type == EventType.PLAY and value is not None and value < 0:
+            raise ValueError("play seconds cannot be negative")
+        return value
+
+    @field_validator("ts")
+    @classmethod
+    def _plausible_time(cls, ts: datetime | None) -> datetime | None:
+        if ts is not None:
+            if ts.tzinfo is None:
+                raise ValueError("ts needs a timezone, e.g. 2026-01-01T12:00:00Z")
+            if ts > datetime.now(UTC) + MAX_CLOCK_SKEW:
+                raise ValueError("ts is in the future")
+        return ts
+
+
+class InteractionBatch(Strict):
+    events: list[Interaction] = Field(min_length=1, max_length=MAX_BATCH_EVENTS)
+
+
+def _event_or_batch(value: Any) -> str:
+    return "batch" if isinstance(value, dict) and "events" in value else "event"
+
+
+# One event, or {"events": [...]}. The tag keeps validation errors to the shape that was sent.
+InteractionsBody = Annotated[
+    Annotated[Interaction, Tag("event")] | Annotated[InteractionBatch, Tag("batch")],
+    Discriminator(_event_or_batch),
+]
+UNION_TAGS = frozenset({"event", "batch"})
+
+
+class StoredEvent(BaseModel):
+    event_id: int
+    duplicate: bool
+
+
+class InteractionsResponse(BaseModel):
+    accepted: int = Field(description="events stored by this call")
+    duplicates: int = Field(description="events whose idempotency_key was already stored")
+    events: list[StoredEvent]
+
+
+class StatusResponse(BaseModel):
+    namespace: str
+    models: dict[str, ModelStatus]
+    strategy: Strategy
+    cascade: list[str]
+
+
+class ErrorResponse(BaseModel):
+    error: str
+    fields: list[str] = Field(default_factory=list, description="dotted paths of the offending fields")
+    detail: Any = None

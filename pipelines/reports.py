@@ -1,0 +1,79 @@
+"""Markdown evaluation reports with PNG plots that a person can read."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+from typing import Any
+
+import matplotlib
+
+matplotlib.use("Agg")  # reports are written on servers without a display
+import matplotlib.pyplot as plt  # noqa: E402
+
+_METRIC = re.compile(r"^(recall|ndcg|mrr|hit_rate|coverage)@(\d+)$")
+
+
+def metric_table(results: dict[str, dict[str, Any]]) -> str:
+    names = sorted({k for m in results.values() for k in m if _METRIC.match(k)}, key=_metric_order)
+    lines = ["| model | " + " | ".join(names) + " |", "|---|" + "---:|" * len(names)]
+    for model, metrics in results.items():
+        cells = [f"{metrics[n]:.4f}" if isinstance(metrics.get(n), (int, float)) else "" for n in names]
+        lines.append(f"| {model} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def _metric_order(name: str) -> tuple[str, int]:
+    metric, k = _METRIC.match(name).groups()
+    return metric, int(k)
+
+
+def plot_metrics(results: dict[str, dict[str, Any]], path: Path) -> None:
+    """Recall@K and NDCG@K per model, one line per model across K."""
+    fig, axes = plt.subplots(1, 2, figsize=(10, 4))
+    for ax, metric in zip(axes, ("recall", "ndcg")):
+        for model, metrics in results.items():
+            points = sorted((int(m.group(2)), v) for k, v in metrics.items() if (m := _METRIC.match(k)) and m.group(1) == metric)
+            if points:
+                ax.plot(*zip(*points), marker="o", label=model)
+        ax.set_xlabel("K")
+        ax.set_title(f"{metric.upper()}@K")
+        ax.grid(alpha=0.3)
+        ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def plot_curves(curves: list[dict[str, float]], path: Path) -> None:
+    """A learning curve: each metric in the history against wall time (or epoch)."""
+    x_key = "seconds" if "seconds" in curves[0] else "epoch"
+    fig, ax = plt.subplots(figsize=(7, 4))
+    for key in sorted(k for k in curves[0] if k not in ("seconds", "epoch")):
+        ax.plot([c[x_key] for c in curves], [c[key] for c in curves], marker=".", label=key)
+    ax.set_xlabel(x_key)
+    ax.grid(alpha=0.3)
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def write_report(
+    title: str,
+    facts: dict[str, Any],
+    results: dict[str, dict[str, Any]],
+    out_dir: Path,
+    curves: list[dict[str, float]] | None = None,
+) -> Path:
+    out_dir.mkdir(parents=True, exist_ok=True)
+    plot_metrics(results, out_dir / "metrics.png")
+    lines = [f"# {title}", ""]
+    lines += [f"- **{k}:** {v}" for k, v in facts.items()]
+    lines += ["", "## Full-ranking metrics", "", metric_table(results), "", "![metrics at K](metrics.png)", ""]
+    if curves:
+        plot_curves(curves, out_dir / "learning_curve.png")
+        lines += ["## Learning curve", "", "![learning curve](learning_curve.png)", ""]
+    report = out_dir / "report.md"
+    report.write_text("\n".join(lines))
+    return report

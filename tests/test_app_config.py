@@ -1,0 +1,43 @@
+"""The Serve config file and the options the app builder resolves from it, without starting Ray."""
+
+import pytest
+import yaml
+
+from deployments.app import AppArgs, ModelPlacement, actor_options, build_app
+from pipelines.serving import DEFAULT_CONFIG, load_serve_config
+
+
+def test_serve_config_is_a_valid_deploy_config():
+    config = load_serve_config(DEFAULT_CONFIG)  # ServeDeploySchema: what `serve deploy` validates
+    assert config.http_options.host == "127.0.0.1"
+    assert config.logging_config.enable_access_log is False
+    app = config.applications[0]
+    assert app.import_path == "deployments.app:build_app"
+    AppArgs.model_validate(app.args)
+    raw = yaml.safe_load(DEFAULT_CONFIG.read_text())["applications"][0]["deployments"]
+    for deployment in raw:
+        # GPUs must come from args.models.*.gpu_share; a hard num_gpus here would hang a CPU-only cluster.
+        assert "num_gpus" not in deployment.get("ray_actor_options", {})
+        assert deployment["max_ongoing_requests"] > 0
+
+
+def test_gpu_share_only_where_the_cluster_has_gpus():
+    placement = ModelPlacement(num_cpus=1, gpu_share=0.25)
+    assert actor_options(placement, cluster_gpus=0) == {"num_cpus": 1, "num_gpus": 0.0}
+    assert actor_options(placement, cluster_gpus=8) == {"num_cpus": 1, "num_gpus": 0.25}
+
+
+def test_builder_applies_placements_and_rejects_unknown_models():
+    app = build_app({"models": {"popularity": {"num_cpus": 0.5}}, "ingress": {"cascade": ["popularity"]}})
+    assert app is not None
+    with pytest.raises(ValueError, match="unknown models"):
+        build_app({"models": {"nonexistent": {}}})
+    with pytest.raises(Exception):
+        build_app({"modelz": {}})
+
+
+def test_port_override_keeps_the_rest(tmp_path):
+    config = load_serve_config(DEFAULT_CONFIG, http_port=18123, namespace="t_ns")
+    assert config.http_options.port == 18123
+    assert config.applications[0].args["namespace"] == "t_ns"
+    assert yaml.safe_load(DEFAULT_CONFIG.read_text())["http_options"]["port"] == 8000

@@ -1,0 +1,109 @@
+from datetime import UTC, datetime, timedelta
+
+import pandas as pd
+import pytest
+
+from stores.event_store import EventRow, EventStore, LoadError
+from stores.frames import EVENT_COLUMNS, ITEM_COLUMNS, USER_COLUMNS, Dataset, PresetSplit
+from stores.migrations import discover, migrate
+
+NOW = pd.Timestamp("2026-01-01T12:00:00Z")
+
+
+def tiny_dataset(event_type_of_last: str = "click") -> Dataset:
+    events = pd.DataFrame(
+        [
+            ["u1", "i1", "s1", "click", float("nan"), "ios", NOW, None],
+            ["u1", "i2", "s1", "rating", 4.0, "ios", NOW + pd.Timedelta("1min"), None],
+            [None, "i2", "anon", event_type_of_last, 30.0, None, NOW + pd.Timedelta("2min"), None],
+        ],
+        columns=EVENT_COLUMNS,
+    )
+    items = pd.DataFrame(
+        [
+            ["i1", 'Title, with "quotes"', "desc", "Studio A", "strategy", ["co-op", "space, far"], {"price": 9.5}, NOW],
+            ["i2", "Two", None, None, None, [], {}, NOW],
+        ],
+        columns=ITEM_COLUMNS,
+    )
+    users = pd.DataFrame([["u1", "ios", {"age_band": "25-34"}, NOW]], columns=USER_COLUMNS)
+    return Dataset("tiny", events, items, users, PresetSplit(NOW + pd.Timedelta("90s"), "tiny split"), "test")
+
+
+def test_migrations_apply_once(db):
+    with db.cursor() as cur:
+        cur.execute("SELECT version FROM schema_migrations ORDER BY version")
+        recorded = [r[0] for r in cur.fetchall()]
+    assert recorded == [m.version for m in discover()]
+    assert migrate(db) == []  # a second run changes nothing
+    with db.cursor() as cur:
+        cur.execute("SELECT count(*) FROM schema_migrations")
+        assert cur.fetchone()[0] == len(recorded)
+
+
+def test_load_round_trips_frames(db):
+    store = EventStore(db)
+    summary = store.load_dataset(tiny_dataset(), progress=False)
+    assert (summary.events, summary.items, summary.users) == (3, 2, 1)
+    events = store.events_frame()
+    assert list(events.columns) == EVENT_COLUMNS
+    assert events["user_id"].tolist() == ["u1", "u1", None]
+    assert events["value"].iloc[1] == 4.0 and pd.isna(events["value"].iloc[0])
+    item = store.items_frame().set_index("item_id").loc["i1"]
+    assert item["title"] == 'Title, with "quotes"'
+    assert item["badges"] == ["co-op", "space, far"]
+    assert item["attrs"] == {"price": 9.5}
+    assert store.users_frame().iloc[0]["attrs"] == {"age_band": "25-34"}
+    assert store.preset_split().test_from == NOW + pd.Timedelta("90s")
+    window = store.events_frame(start=NOW + pd.Timedelta("30s"), end=NOW + pd.Timedelta("90s"))
+    assert window["item_id"].tolist() == ["i2"]
+
+
+def test_failed_load_writes_nothing(db):
+    store = EventStore(db)
+    with pytest.raises(LoadError, match="nothing was written"):
+        store.load_dataset(tiny_dataset(event_type_of_last="teleport"), progress=False)
+    assert store.counts() == {"events": 0, "items": 0, "users": 0}
+
+
+def test_second_load_needs_replace(db):
+    store = EventStore(db)
+    store.load_dataset(tiny_dataset(), progress=False)
+    with pytest.raises(LoadError, match="already holds events"):
+        store.load_dataset(tiny_dataset(), progress=False)
+    store.load_dataset(tiny_dataset(), replace=True, progress=False)
+    assert store.counts()["events"] == 3
+
+
+def test_duplicate_idempotency_key_stores_one_event(db):
+    store = EventStore(db)
+    ts = datetime(2026, 1, 2, tzinfo=UTC)
+    row = EventRow("u9", "i1", None, "click", None, "web", ts, "key-1")
+    first = store.insert_events([row, row])  # the same key twice in one batch
+    again = store.insert_events([row._replace(ts=ts + timedelta(seconds=5))])  # a client retry
+    assert [r.duplicate for r in first] == [False, True]
+    assert again[0].duplicate and again[0].event_id == first[0].event_id
+    assert store.counts()["events"] == 1
+    without_key = store.insert_events([row._replace(idempotency_key=None)] * 2)
+    assert [r.duplicate for r in without_key] == [False, False]
+    assert store.counts()["events"] == 3
+
+
+def test_database_rejects_what_the_api_would(db):
+    store = EventStore(db)
+    ts = datetime(2026, 1, 2, tzinfo=UTC)
+    for bad in (
+        EventRow("u", "i", None, "rating", 9.0, None, ts, None),
+        EventRow(None, "i", None, "click", None, None, ts, None),
+        EventRow("u", "i", None, "bogus", None, None, ts, None),
+    ):
+        with pytest.raises(Exception):
+            store.insert_events([bad])
+    assert store.counts()["events"] == 0
+
+
+def test_seen_items_newest_first(db):
+    store = EventStore(db)
+    store.load_dataset(tiny_dataset(), progress=False)
+    assert store.seen_items("u1") == ["i2", "i1"]
+    assert store.items_by_id(["i1", "nope"])["i1"]["provider"] == "Studio A"

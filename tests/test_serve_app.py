@@ -1,0 +1,184 @@
+"""The real Serve app, started with `recserve serve` from serve_config.yaml and called over HTTP."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import uuid
+
+import pytest
+import requests
+
+from deployments.schemas import RecommendResponse, StatusResponse
+from pipelines.loading import load_into_store
+from pipelines.training import train_model
+from stores.event_store import EventStore
+from stores.postgres import Database
+from stores.settings import Settings
+
+pytestmark = pytest.mark.serve
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def service(dsn, tmp_path_factory):
+    namespace = f"t_serve_{uuid.uuid4().hex[:8]}"
+    artifacts = tmp_path_factory.mktemp("artifacts")
+    settings = Settings(database_url=dsn, namespace=namespace, artifacts_dir=artifacts)
+    load_into_store("demo", settings, users=300, items=120, events=20_000, seed=3)
+    train_model("popularity", settings)
+    port, metrics_port = free_port(), free_port()
+    env = {
+        **os.environ,
+        "DATABASE_URL": dsn,
+        "RECSERVE_ARTIFACTS_DIR": str(artifacts),
+        "RECSERVE_METRICS_PORT": str(metrics_port),
+    }
+    log = open(tmp_path_factory.mktemp("logs") / "serve.log", "w")
+    process = subprocess.Popen(
+        [sys.executable, "-m", "pipelines.cli", "serve", "--namespace", namespace, "--port", str(port)],
+        env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+    )
+    base = f"http://127.0.0.1:{port}"
+    store = EventStore(Database(dsn, namespace))
+    try:
+        wait_until_loaded(base, process, log.name)
+        yield base, store, metrics_port
+    finally:
+        process.send_signal(signal.SIGTERM)
+        try:
+            process.wait(60)
+        except subprocess.TimeoutExpired:
+            os.killpg(process.pid, signal.SIGKILL)  # our own process group only
+        log.close()
+        from stores.migrations import drop_namespace
+
+        drop_namespace(store.db)
+
+
+def wait_until_loaded(base: str, process: subprocess.Popen, log_path: str, timeout: float = 240) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            pytest.fail(f"recserve serve exited with {process.returncode}:\n{open(log_path).read()[-3000:]}")
+        try:
+            health = requests.get(f"{base}/healthz", timeout=2)
+            if health.ok and "popularity" in health.json()["models_loaded"]:
+                return
+        except requests.ConnectionError:
+            pass
+        time.sleep(1)
+    pytest.fail(f"service not ready after {timeout} s:\n{open(log_path).read()[-3000:]}")
+
+
+def post(base: str, path: str, body=None, **kwargs) -> requests.Response:
+    return requests.post(base + path, json=body, timeout=30, **kwargs)
+
+
+def test_recommend_is_schema_valid_excludes_seen_and_enriches(service):
+    base, store, _ = service
+    user = store.events_frame()["user_id"].dropna().iloc[0]
+    response = post(base, "/v1/recommend", {"user_id": user, "k": 5})
+    assert response.status_code == 200, response.text
+    body = RecommendResponse.model_validate(response.json())
+    assert len(body.items) == 5
+    assert {i.source for i in body.items} == {"popularity"}
+    assert not {i.item_id for i in body.items} & set(store.seen_items(user))
+    assert all(i.title and i.reason for i in body.items)
+    assert body.model_versions["popularity"] and body.models_tried[0].outcome == "served"
+
+
+def test_filters_paging_and_device(service):
+    base, store, _ = service
+    category = store.items_frame()["category"].dropna().iloc[0]
+    filtered = post(base, "/v1/recommend", {"k": 4, "filters": {"category": category}}).json()
+    assert filtered["items"] and all(i["category"] == category for i in filtered["items"])
+    first = post(base, "/v1/recommend", {"k": 6}).json()["items"]
+    page = post(base, "/v1/recommend", {"k": 3, "offset": 3}).json()["items"]
+    assert [i["item_id"] for i in page] == [i["item_id"] for i in first[3:6]]
+    device = store.events_frame()["device"].dropna().iloc[0]
+    on_device = post(base, "/v1/recommend", {"k": 3, "context": {"device": device}}).json()["items"]
+    assert all(device in i["reason"] for i in on_device)
+
+
+def test_interactions_are_stored_before_ack_and_idempotent(service):
+    base, store, _ = service
+    key = f"test-{uuid.uuid4().hex}"
+    event = {"user_id": "new-user-1", "item_id": "i-x", "event_type": "play", "value": 42.5, "idempotency_key": key}
+    before = store.counts()["events"]
+    first = post(base, "/v1/interactions", event)
+    assert first.status_code == 201, first.text
+    assert first.json()["accepted"] == 1
+    assert store.counts()["events"] == before + 1  # stored by the time it was acknowledged
+    retry = post(base, "/v1/interactions", event)
+    assert retry.status_code == 201 and retry.json()["duplicates"] == 1 and retry.json()["accepted"] == 0
+    assert retry.json()["events"][0]["event_id"] == first.json()["events"][0]["event_id"]
+    assert store.counts()["events"] == before + 1
+    batch = post(base, "/v1/interactions", {"events": [dict(event, idempotency_key=None, item_id=f"b{i}") for i in range(3)]})
+    assert batch.status_code == 201 and batch.json()["accepted"] == 3
+
+
+@pytest.mark.parametrize(
+    "path, body, field",
+    [
+        ("/v1/recommend", {"k": 0}, "k"),
+        ("/v1/recommend", {"k": 10000}, "k"),
+        ("/v1/recommend", {"k": "ten"}, "k"),
+        ("/v1/recommend", {"k": 5, "colour": "red"}, "colour"),
+        ("/v1/recommend", {"filters": {"category": 7}}, "filters.category"),
+        ("/v1/interactions", {"user_id": "u", "item_id": "i", "event_type": "teleport"}, "event_type"),
+        ("/v1/interactions", {"user_id": "u", "item_id": "i", "event_type": "rating", "value": 7}, "value"),
+        ("/v1/interactions", {"item_id": "i", "event_type": "click"}, "session_id"),
+        ("/v1/interactions", {"user_id": "u", "item_id": "i", "event_type": "click", "extra": 1}, "extra"),
+        ("/v1/interactions", {"events": [{"user_id": "u", "item_id": "i", "event_type": "click"},
+                                         {"user_id": "u", "item_id": "i", "event_type": "nope"}]}, "events.1.event_type"),
+    ],
+)
+def test_bad_requests_name_the_field_and_write_nothing(service, path, body, field):
+    base, store, _ = service
+    before = store.counts()["events"]
+    response = post(base, path, body)
+    assert response.status_code == 422, response.text
+    assert field in response.json()["fields"]
+    assert store.counts()["events"] == before
+
+
+def test_oversized_and_malformed_bodies(service):
+    base, store, _ = service
+    before = store.counts()["events"]
+    huge = {"events": [{"user_id": "u" * 100, "item_id": "i" * 100, "event_type": "click"}] * 2000}
+    assert post(base, "/v1/interactions", huge).status_code == 413
+    broken = requests.post(base + "/v1/interactions", data=b"{not json", headers={"content-type": "application/json"}, timeout=10)
+    assert broken.status_code == 422
+    assert store.counts()["events"] == before
+
+
+def test_status_health_and_openapi(service):
+    base, _, _ = service
+    status = StatusResponse.model_validate(requests.get(base + "/v1/status", timeout=10).json())
+    assert status.models["popularity"].loaded and status.models["popularity"].version
+    assert requests.get(base + "/docs", timeout=10).status_code == 200
+    spec = requests.get(base + "/openapi.json", timeout=10).json()
+    assert {"/v1/recommend", "/v1/interactions", "/v1/status", "/healthz"} <= set(spec["paths"])
+
+
+def test_metrics_are_exported(service):
+    base, _, metrics_port = service
+    post(base, "/v1/recommend", {"k": 3})
+    deadline = time.monotonic() + 60
+    text = ""
+    while time.monotonic() < deadline:
+        text = requests.get(f"http://127.0.0.1:{metrics_port}/metrics", timeout=10).text
+        if "ray_recserve_recommend_requests" in text and "ray_recserve_events_ingested" in text:
+            return
+        time.sleep(3)
+    pytest.fail("project metrics missing from the metrics port:\n" + "\n".join(l for l in text.splitlines() if "recserve" in l)[:2000])
