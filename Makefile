@@ -25,9 +25,9 @@ test: $(STAMP)
 	$(PY) -m pytest -q -rs $(PYTEST_ARGS); status=$$?; if [ $$status -eq 5 ]; then exit 0; else exit $$status; fi
 
 bench: $(STAMP)
-	$(PY) benchmarks/copy_load.py
-	$(PY) benchmarks/evaluation_speed.py
-	$(PY) benchmarks/serving_latency.py
+	$(PY) -m benchmarks.copy_load
+	$(PY) -m benchmarks.evaluation_speed
+	$(PY) -m benchmarks.serving_latency
 
 clean-state: $(STAMP)
 	$(VENV)/bin/recserve db stop

@@ -68,9 +68,8 @@ def pairs_csr(
     rows = pairs[user_column].astype(object).map(user_index)
     cols = pairs["item_id"].astype(object).map(item_index)
     known = (rows.notna() & cols.notna()).to_numpy()
-    return csr_from_indices(
-        rows.to_numpy()[known].astype(np.int64), cols.to_numpy()[known].astype(np.int64), (len(user_index), len(item_index))
-    )
+    rows_known, cols_known = rows.to_numpy()[known].astype(np.int64), cols.to_numpy()[known].astype(np.int64)
+    return csr_from_indices(rows_known, cols_known, (len(user_index), len(item_index)))
 
 
 @dataclass

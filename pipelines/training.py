@@ -76,7 +76,7 @@ class RankingProtocol:
         return cls(graph, pairs_csr(targets, graph.user_index, graph.item_index))
 
     def evaluate(self, score_fn: Callable[[torch.Tensor], torch.Tensor], ks=EVAL_KS) -> dict[str, float]:
-        return evaluate_full_ranking(score_fn, self.graph.seen, self.test, ks=ks)
+        return evaluate_full_ranking(score_fn, self.graph.seen, self.test, ks=ks).as_dict()
 
 
 def data_window(events: pd.DataFrame) -> dict[str, Any]:

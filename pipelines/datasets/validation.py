@@ -204,9 +204,17 @@ def parse_float(values: Any, column: str) -> tuple[np.ndarray, Check]:
 
 
 def unix_seconds(seconds: np.ndarray) -> pd.Series:
-    """Unix seconds (int or float) to datetime64[ns, UTC], exact to the microsecond."""
-    micros = np.round(np.asarray(seconds, dtype=np.float64) * 1e6).astype(np.int64)
-    return pd.Series(micros.astype("datetime64[us]").astype("datetime64[ns]")).dt.tz_localize("UTC")
+    """Unix seconds (int or float) to datetime64[ns, UTC], exact to the microsecond.
+
+    NaN, and magnitudes that would overflow nanoseconds (milliseconds given as seconds), become NaT.
+    """
+    seconds = np.asarray(seconds, dtype=np.float64)
+    known = np.abs(seconds) < 1e11  # False for NaN too
+    micros = np.zeros(len(seconds), dtype=np.int64)
+    micros[known] = np.round(seconds[known] * 1e6)
+    ts = micros.astype("datetime64[us]").astype("datetime64[ns]")
+    ts[~known] = np.datetime64("NaT")
+    return pd.Series(ts).dt.tz_localize("UTC")
 
 
 def parse_ts(values: Any, column: str) -> tuple[pd.Series, Check]:
@@ -242,12 +250,7 @@ def _parse_ts_values(series: pd.Series) -> tuple[pd.Series, np.ndarray]:
         text = as_text(series)
         number = pd.to_numeric(pd.Series(text, dtype=object), errors="coerce").to_numpy(dtype=np.float64)
     given = ~np.isnan(number) | pd.notna(text)
-    # Out-of-range seconds would overflow int64 nanoseconds: drop them here, flag them via `given`.
-    plausible = np.abs(np.nan_to_num(number)) < 1e11
-    ts = pd.Series(pd.NaT, index=series.index, dtype=_TS_DTYPE)
-    numeric = ~np.isnan(number) & plausible
-    if numeric.any():
-        ts[numeric] = unix_seconds(number[numeric]).to_numpy()
+    ts = unix_seconds(number)
     iso = np.isnan(number) & pd.notna(text)
     if iso.any():
         parsed = pd.to_datetime(pd.Series(text[iso], dtype=object), utc=True, format="ISO8601", errors="coerce")
@@ -263,9 +266,12 @@ def _column(name: str, value: Any, n: int) -> pd.Series:
     if name == "value":
         return pd.Series(np.full(n, np.nan) if value is None else np.asarray(value, dtype=np.float64))
     if name in _TIME_COLUMNS:
-        if value is None:
-            return pd.Series(pd.NaT, index=range(n), dtype=_TS_DTYPE)
-        return pd.Series(pd.Series(value).to_numpy(), dtype=_TS_DTYPE)
+        if value is None or isinstance(value, pd.Timestamp):
+            return pd.Series(pd.NaT if value is None else value, index=range(n), dtype=_TS_DTYPE)
+        ts = pd.Series(value).reset_index(drop=True)
+        if not isinstance(ts.dtype, pd.DatetimeTZDtype):
+            ts = ts.dt.tz_localize("UTC")
+        return ts.astype(_TS_DTYPE)
     if name == "badges":
         rows = [[] for _ in range(n)] if value is None else list(value)
         return pd.Series(rows, dtype=object)
@@ -282,7 +288,7 @@ def _frame(columns: list[str], data: Mapping[str, Any]) -> pd.DataFrame:
     unknown = set(data) - set(columns)
     if unknown:
         raise TypeError(f"not contract columns: {sorted(unknown)}")
-    lengths = {len(v) for v in data.values() if v is not None and not isinstance(v, str)}
+    lengths = {len(v) for v in data.values() if v is not None and not isinstance(v, (str, pd.Timestamp))}
     if len(lengths) != 1:
         raise ValueError(f"columns of different lengths: {sorted(lengths)}")
     n = lengths.pop()
@@ -290,7 +296,10 @@ def _frame(columns: list[str], data: Mapping[str, Any]) -> pd.DataFrame:
 
 
 def events_frame(**columns: Any) -> pd.DataFrame:
-    """EVENT_COLUMNS in order with contract dtypes; a str broadcasts, an absent column is missing."""
+    """EVENT_COLUMNS in order with contract dtypes.
+
+    A str or Timestamp broadcasts to every row; an absent column is missing (None, NaN, NaT, [] or {}).
+    """
     return _frame(EVENT_COLUMNS, columns)
 
 
@@ -367,11 +376,12 @@ def fill_created_at(frame: pd.DataFrame, key: str, events: pd.DataFrame) -> pd.D
     return frame
 
 
-def complete_items(items: pd.DataFrame, events: pd.DataFrame) -> pd.DataFrame:
-    """Add a bare row (title = item_id) for each event item missing from the catalogue."""
+def complete_items(items: pd.DataFrame | None, events: pd.DataFrame) -> pd.DataFrame:
+    """Add a bare row (title = item_id) for each event item missing from the catalogue (or all, if none)."""
     seen = first_seen(events, "item_id")
-    extra = np.asarray(seen.index[~seen.index.isin(items["item_id"])], dtype=object)
-    if len(extra):
-        bare = items_frame(item_id=extra, title=extra)
-        items = pd.concat([items, bare], ignore_index=True) if len(items) else bare
+    known = items["item_id"] if items is not None else []
+    missing = ~seen.index.isin(known)
+    extra = np.asarray(seen.index[missing], dtype=object)
+    bare = items_frame(item_id=extra, title=extra, created_at=seen[missing])
+    items = bare if items is None else pd.concat([items, bare], ignore_index=True) if len(extra) else items
     return fill_created_at(items, "item_id", events)

@@ -1,0 +1,37 @@
+"""A no-op Serve app with the recserve topology (FastAPI ingress -> one model deployment).
+
+It parses the same request schema and returns k fixed items, so it measures the floor that
+Ray Serve, HTTP and one handle call cost on this machine, to compare the real app against.
+"""
+
+from __future__ import annotations
+
+from fastapi import FastAPI
+from ray import serve
+from ray.serve.handle import DeploymentHandle
+
+from deployments.contract import Candidate, ModelQuery
+from deployments.schemas import RecommendRequest
+
+noop_api = FastAPI()
+
+
+@serve.deployment
+class NoopModel:
+    async def recommend(self, query: ModelQuery) -> list[Candidate]:
+        return [Candidate(item_id=str(i), score=1.0, source="noop", reason="noop") for i in range(query.k)]
+
+
+@serve.deployment
+@serve.ingress(noop_api)
+class NoopIngress:
+    def __init__(self, model: DeploymentHandle):
+        self.model = model
+
+    @noop_api.post("/v1/recommend")
+    async def recommend(self, request: RecommendRequest) -> dict:
+        items = await self.model.recommend.remote(ModelQuery(k=request.k, user_id=request.user_id))
+        return {"items": [c.model_dump() for c in items]}
+
+
+noop_app = NoopIngress.bind(NoopModel.bind())

@@ -1,0 +1,163 @@
+"""Train / validation / test splits and the ground truth offline metrics are computed against.
+
+Protocol
+--------
+- Temporal (default): one GLOBAL time cutoff for everyone, at event-count quantiles of the time-sorted
+  events. With test_fraction=0.2 and validation_fraction=0.1, the last 20% of events are test, the 10%
+  before them validation, the rest train:
+
+      train       ts <  validation_from
+      validation  validation_from <= ts < test_from
+      test        ts >= test_from
+
+  Events sharing the cutoff timestamp all fall on the later side, so no test event is ever at or before a
+  train event (no leakage), at the price of fractions that are off by the size of a tie.
+  A `blackout` gap drops every event in [cutoff - blackout, cutoff) before each cutoff, from all parts: it
+  stops near-duplicate sessions straddling a cutoff from leaking the answer.
+- Preset: a published split (stores.frames.PresetSplit, e.g. the LightGCN Gowalla split) is kept exactly:
+  train = ts < test_from, test = the rest; an optional validation part is the last fraction of train events.
+- Cold start: `held_out_users_split` removes a seeded random fraction of users (interaction keys)
+  entirely from training.
+- Ground truth (`evaluation_targets`): for users who also appear in train, the test (user, item) pairs with
+  an undecayed total weight >= min_weight (default 1.0 = one click: an impression alone or a 1-2 star
+  rating is not a relevant item), deduplicated, restricted to items that appear in train (a CF model cannot
+  score an item it has never seen), and by default excluding items already in that user's train history
+  ("new items for the user"; this is the LightGCN/NGCF protocol, where train and test are disjoint).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import timedelta
+
+import numpy as np
+import pandas as pd
+
+from graph_builders.edge_weights import EdgeWeights, aggregate_interactions, interaction_key
+from stores.frames import PresetSplit
+
+
+@dataclass
+class TemporalSplit:
+    train: pd.DataFrame
+    validation: pd.DataFrame
+    test: pd.DataFrame
+    validation_from: pd.Timestamp  # first validation instant; equals test_from when validation is empty
+    test_from: pd.Timestamp
+    blackout: timedelta = timedelta(0)
+
+    def summary(self) -> dict[str, object]:
+        return {
+            "train": len(self.train),
+            "validation": len(self.validation),
+            "test": len(self.test),
+            "validation_from": self.validation_from.isoformat(),
+            "test_from": self.test_from.isoformat(),
+            "blackout_seconds": self.blackout.total_seconds(),
+        }
+
+
+def _utc(events: pd.DataFrame) -> pd.Series:
+    return pd.to_datetime(events["ts"], utc=True)
+
+
+def _quantile_time(sorted_ts: np.ndarray, fraction_before: float) -> pd.Timestamp:
+    """The timestamp of the event at position floor(n * fraction_before) of the time-sorted events."""
+    position = min(int(np.floor(len(sorted_ts) * fraction_before)), len(sorted_ts) - 1)
+    return pd.Timestamp(sorted_ts[position]).tz_localize("UTC")
+
+
+def _check_fractions(*fractions: float) -> None:
+    if any(f < 0 for f in fractions) or sum(fractions) >= 1:
+        raise ValueError(f"fractions must be >= 0 and sum to less than 1, got {fractions}")
+
+
+def _parts(
+    events: pd.DataFrame, validation_from: pd.Timestamp, test_from: pd.Timestamp, blackout: timedelta
+) -> TemporalSplit:
+    ts = _utc(events)
+    kept = pd.Series(True, index=events.index)
+    for cutoff in {validation_from, test_from}:
+        kept &= ~((ts >= cutoff - blackout) & (ts < cutoff))
+    return TemporalSplit(
+        train=events[kept & (ts < validation_from)],
+        validation=events[kept & (ts >= validation_from) & (ts < test_from)],
+        test=events[kept & (ts >= test_from)],
+        validation_from=validation_from,
+        test_from=test_from,
+        blackout=blackout,
+    )
+
+
+def temporal_split(
+    events: pd.DataFrame,
+    test_fraction: float = 0.2,
+    validation_fraction: float = 0.1,
+    blackout: timedelta = timedelta(0),
+) -> TemporalSplit:
+    """Global time cutoffs at event-count quantiles (see the module docstring)."""
+    _check_fractions(test_fraction, validation_fraction)
+    if events.empty:
+        raise ValueError("cannot split an empty event frame")
+    if blackout < timedelta(0):
+        raise ValueError("blackout must be >= 0")
+    ordered = np.sort(_utc(events).dt.tz_localize(None).to_numpy())
+    test_from = _quantile_time(ordered, 1.0 - test_fraction)
+    validation_from = (
+        _quantile_time(ordered, 1.0 - test_fraction - validation_fraction) if validation_fraction > 0 else test_from
+    )
+    return _parts(events, validation_from, test_from, blackout)
+
+
+def preset_split(events: pd.DataFrame, preset: PresetSplit, validation_fraction: float = 0.0) -> TemporalSplit:
+    """A published split kept as given; validation = the last `validation_fraction` of the train events."""
+    _check_fractions(validation_fraction)
+    test_from = pd.Timestamp(preset.test_from)
+    test_from = test_from.tz_localize("UTC") if test_from.tzinfo is None else test_from.tz_convert("UTC")
+    validation_from = test_from
+    train_ts = _utc(events)[lambda ts: ts < test_from]
+    if validation_fraction > 0 and len(train_ts):
+        validation_from = _quantile_time(np.sort(train_ts.dt.tz_localize(None).to_numpy()), 1 - validation_fraction)
+    return _parts(events, validation_from, test_from, timedelta(0))
+
+
+def held_out_users_split(
+    events: pd.DataFrame, fraction: float = 0.15, seed: int = 0
+) -> tuple[pd.DataFrame, pd.DataFrame, list[str]]:
+    """(train events without the held-out users, the held-out users' events, held-out keys sorted).
+
+    Users are interaction keys; round(fraction * number of keys) of them are drawn with numpy's seeded
+    generator from the sorted keys, so the same frame and seed always hold out the same users.
+    """
+    _check_fractions(fraction)
+    keys = interaction_key(events)
+    candidates = np.asarray(sorted(keys.dropna().unique()), dtype=object)
+    count = int(round(fraction * len(candidates)))
+    held_out = sorted(np.random.default_rng(seed).choice(candidates, size=count, replace=False).tolist())
+    is_held = keys.isin(set(held_out)).to_numpy()
+    return events[~is_held], events[is_held], held_out
+
+
+def evaluation_targets(
+    train: pd.DataFrame,
+    test: pd.DataFrame,
+    exclude_train_items: bool = True,
+    min_weight: float | None = 1.0,
+    config: EdgeWeights = EdgeWeights(),
+) -> pd.DataFrame:
+    """Ground-truth (user_key, item_id) pairs, one per pair, sorted (see the module docstring).
+
+    min_weight=None counts every test event as relevant.
+    """
+    relevant = aggregate_interactions(test, config.without_decay())
+    if min_weight is not None:
+        relevant = relevant[relevant["weight"] >= min_weight]
+    train_keys = interaction_key(train)
+    relevant = relevant[
+        relevant["user_key"].isin(set(train_keys.dropna())) & relevant["item_id"].isin(set(train["item_id"].dropna()))
+    ]
+    if exclude_train_items:
+        history = pd.MultiIndex.from_arrays([train_keys.to_numpy(), train["item_id"].astype(object).to_numpy()])
+        pairs = pd.MultiIndex.from_arrays([relevant["user_key"].to_numpy(), relevant["item_id"].to_numpy()])
+        relevant = relevant[~pairs.isin(history)]
+    return relevant[["user_key", "item_id"]].reset_index(drop=True)
