@@ -4,8 +4,6 @@ It parses the same request schema and returns k fixed items, so it measures the 
 Ray Serve, HTTP and one handle call cost on this machine, to compare the real app against.
 """
 
-from __future__ import annotations
-
 from fastapi import FastAPI
 from ray import serve
 from ray.serve.handle import DeploymentHandle

@@ -1,10 +1,10 @@
 """The HTTP front door: FastAPI on `@serve.ingress`, composing the model deployments.
 
+(No `from __future__ import annotations` here: FastAPI must see real types on the endpoints.)
+
 Model handles are injected through `bind()` (see deployments/app.py). Events are written to
 PostgreSQL before they are acknowledged. OpenAPI lives at /docs.
 """
-
-from __future__ import annotations
 
 import asyncio
 import logging

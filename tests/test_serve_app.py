@@ -74,7 +74,7 @@ def wait_until_loaded(base: str, process: subprocess.Popen, log_path: str, timeo
             health = requests.get(f"{base}/healthz", timeout=2)
             if health.ok and "popularity" in health.json()["models_loaded"]:
                 return
-        except requests.ConnectionError:
+        except (requests.ConnectionError, requests.Timeout):
             pass
         time.sleep(1)
     pytest.fail(f"service not ready after {timeout} s:\n{open(log_path).read()[-3000:]}")
