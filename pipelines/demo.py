@@ -33,8 +33,7 @@ def run_demo(settings: Settings, fresh: bool = False, keep_serving: bool = True)
             manifest = train_model(model, settings)
             print(f"   {model} {manifest.version}: {json.dumps(manifest.metrics)}", flush=True)
     print("== starting Ray Serve", flush=True)
-    try:
-        config = serving.start(settings)
+    with serving.running(settings) as config:
         base = f"http://{config.http_options.host}:{config.http_options.port}"
         print(f"== serving on {base} after {time.perf_counter() - started:.0f} s; example requests:\n", flush=True)
         show_examples(base, store)
@@ -42,10 +41,6 @@ def run_demo(settings: Settings, fresh: bool = False, keep_serving: bool = True)
             print(f"\nrecserve is up on {base} (OpenAPI: {base}/docs). Ctrl-C stops it.", flush=True)
             while True:
                 time.sleep(3600)
-    except KeyboardInterrupt:
-        pass
-    finally:
-        serving.stop()
     return 0
 
 

@@ -7,9 +7,12 @@ stops the Ray processes this driver started; nobody else's.
 
 from __future__ import annotations
 
+import logging
 import os
 import signal
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -19,6 +22,7 @@ from stores.postgres import resolve_dsn
 from stores.settings import REPO_ROOT, Settings
 
 DEFAULT_CONFIG = REPO_ROOT / "serve_config.yaml"
+log = logging.getLogger(__name__)
 
 
 def load_serve_config(path: Path, http_port: int | None = None, namespace: str | None = None) -> Any:
@@ -44,6 +48,7 @@ def start(settings: Settings, config_path: Path = DEFAULT_CONFIG, http_port: int
     os.environ["DATABASE_URL"] = resolve_dsn(settings)
     os.environ["RECSERVE_NAMESPACE"] = settings.namespace
     config = load_serve_config(config_path, http_port, settings.namespace)
+    handler = signal.getsignal(signal.SIGTERM)
     ray.init(
         namespace=SERVE_NAMESPACE,
         include_dashboard=False,
@@ -51,6 +56,9 @@ def start(settings: Settings, config_path: Path = DEFAULT_CONFIG, http_port: int
         _metrics_export_port=settings.metrics_port,
         configure_logging=False,
     )
+    # ray.init installs a native fatal-signal handler that kills this process on SIGTERM before
+    # stop() can run, orphaning Ray's agents; ours turns SIGTERM into a clean shutdown instead.
+    signal.signal(signal.SIGTERM, handler)
     client = serve_api.serve_start(http_options=config.http_options.model_dump(), proxy_location=config.proxy_location)
     client.deploy_apps(config, _blocking=True)
     deadline = time.monotonic() + timeout_s
@@ -65,24 +73,59 @@ def start(settings: Settings, config_path: Path = DEFAULT_CONFIG, http_port: int
 
 
 def stop() -> None:
+    """Shut Serve and Ray down, then reap any Ray process this driver started that outlived it.
+
+    Ray's agents can outlive `ray.shutdown()` as orphans; only our own descendants are touched.
+    """
+    import psutil
     import ray
     from ray import serve
 
-    if ray.is_initialized():
-        serve.shutdown()
-        ray.shutdown()
+    if not ray.is_initialized():
+        return
+    ours = [p for p in psutil.Process().children(recursive=True) if _is_ray_process(p)]
+    log.info("stopping Serve and %d Ray processes", len(ours))
+    serve.shutdown()
+    ray.shutdown()
+    _, alive = psutil.wait_procs(ours, timeout=10)
+    if alive:
+        log.info("reaping %d Ray processes that outlived ray.shutdown(): %s", len(alive), [p.pid for p in alive])
+    for process in alive:
+        process.terminate()
+    _, alive = psutil.wait_procs(alive, timeout=5)
+    for process in alive:
+        process.kill()
 
 
-def serve_forever(settings: Settings, config_path: Path = DEFAULT_CONFIG, http_port: int | None = None) -> None:
-    signal.signal(signal.SIGTERM, lambda *_: (_ for _ in ()).throw(KeyboardInterrupt()))
+def _is_ray_process(process) -> bool:
     try:
-        config = start(settings, config_path, http_port)
-        port = config.http_options.port
-        print(f"recserve is serving on http://{config.http_options.host}:{port} (OpenAPI: /docs); "
-              f"metrics on 127.0.0.1:{settings.metrics_port}/metrics. Ctrl-C stops it.", flush=True)
-        while True:
-            time.sleep(3600)
+        return "ray" in " ".join(process.cmdline()[:3]).lower()
+    except Exception:  # noqa: BLE001 - it exited meanwhile
+        return False
+
+
+@contextmanager
+def running(settings: Settings, config_path: Path = DEFAULT_CONFIG, http_port: int | None = None) -> Iterator[Any]:
+    """Serve for the duration of the block; Ctrl-C and SIGTERM end it cleanly."""
+    signal.signal(signal.SIGTERM, _terminate)
+    try:
+        yield start(settings, config_path, http_port)
     except KeyboardInterrupt:
         pass
     finally:
         stop()
+
+
+def _terminate(signum, frame) -> None:
+    raise KeyboardInterrupt
+
+
+def serve_forever(settings: Settings, config_path: Path = DEFAULT_CONFIG, http_port: int | None = None) -> None:
+    with running(settings, config_path, http_port) as config:
+        print(
+            f"recserve is serving on http://{config.http_options.host}:{config.http_options.port} (OpenAPI: /docs); "
+            f"metrics on 127.0.0.1:{settings.metrics_port}/metrics. Ctrl-C stops it.",
+            flush=True,
+        )
+        while True:
+            time.sleep(3600)

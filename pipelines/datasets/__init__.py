@@ -39,8 +39,11 @@ def default_data_dir() -> Path:
     return get_settings().data_dir
 
 
-def read_dataset(name: str, data_dir: Path | None = None, **options: Any) -> Dataset:
-    """Read dataset `name` (a READERS key) from `data_dir`, passing `options` to its reader."""
+def read_dataset(name: str, /, data_dir: Path | None = None, **options: Any) -> Dataset:
+    """Read dataset `name` (a READERS key) from `data_dir`, passing `options` to its reader.
+
+    `name` is positional-only so that a reader option may itself be called `name` (generic).
+    """
     try:
         reader = READERS[name]
     except KeyError:

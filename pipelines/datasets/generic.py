@@ -52,7 +52,7 @@ def read_generic(data_dir: Path | None = None, *, path: Path | str, name: str = 
     """Read the directory `path`. `data_dir` is unused: it keeps the common reader signature."""
     folder = Path(path)
     if not folder.is_dir():
-        raise DatasetFormatError(folder, None, "not a directory (expected one holding events.csv or events.parquet)")
+        raise DatasetFormatError(folder, None, "not a directory holding events.csv or events.parquet")
     events = _read_events(_find(folder, "events", required=True))
     items_path, users_path = _find(folder, "items"), _find(folder, "users")
     items = _read_items(items_path) if items_path else None
@@ -120,16 +120,10 @@ def _read_events(path: Path) -> pd.DataFrame:
 def _read_items(path: Path) -> pd.DataFrame:
     raw, source = _read_table(path, ITEM_REQUIRED, ITEM_OPTIONAL)
     item_id = pd.Series(as_text(raw["item_id"]), dtype=object)
-    checks = [
-        Check(item_id.isna().to_numpy(), lambda _: "empty item_id"),
-        Check(item_id.duplicated().to_numpy() & item_id.notna().to_numpy(), lambda r: f"duplicate item_id {item_id[r]!r}"),
-    ]
+    checks = _key_checks(item_id, "item_id")
     badges = _per_row(raw, "badges", _badges, checks)
     attrs = _per_row(raw, "attrs", _attrs, checks)
-    created_at = None
-    if "created_at" in raw.columns:
-        created_at, bad_created = parse_ts(raw["created_at"], "created_at")
-        checks.append(bad_created)
+    created_at = _created_at(raw, checks)
     raise_first(source, checks)
     return items_frame(
         item_id=item_id,
@@ -146,17 +140,28 @@ def _read_items(path: Path) -> pd.DataFrame:
 def _read_users(path: Path) -> pd.DataFrame:
     raw, source = _read_table(path, USER_REQUIRED, USER_OPTIONAL)
     user_id = pd.Series(as_text(raw["user_id"]), dtype=object)
-    checks = [
-        Check(user_id.isna().to_numpy(), lambda _: "empty user_id"),
-        Check(user_id.duplicated().to_numpy() & user_id.notna().to_numpy(), lambda r: f"duplicate user_id {user_id[r]!r}"),
-    ]
+    checks = _key_checks(user_id, "user_id")
     attrs = _per_row(raw, "attrs", _attrs, checks)
-    created_at = None
-    if "created_at" in raw.columns:
-        created_at, bad_created = parse_ts(raw["created_at"], "created_at")
-        checks.append(bad_created)
+    created_at = _created_at(raw, checks)
     raise_first(source, checks)
     return users_frame(user_id=user_id, device=_text(raw, "device"), attrs=attrs, created_at=created_at)
+
+
+def _key_checks(ids: pd.Series, column: str) -> list[Check]:
+    """A catalogue key is present and unique."""
+    given = ids.notna().to_numpy()
+    return [
+        Check(~given, lambda _: f"empty {column}"),
+        Check(ids.duplicated().to_numpy() & given, lambda row: f"duplicate {column} {ids[row]!r}"),
+    ]
+
+
+def _created_at(raw: pd.DataFrame, checks: list[Check]) -> pd.Series | None:
+    if "created_at" not in raw.columns:
+        return None
+    created_at, bad = parse_ts(raw["created_at"], "created_at")
+    checks.append(bad)
+    return created_at
 
 
 def _per_row(

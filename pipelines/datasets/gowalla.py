@@ -25,7 +25,9 @@ from .validation import LineSource, check_events, complete_items, empty_users, e
 FOLDER = "gowalla"
 TRAIN_TS = pd.Timestamp("2020-01-01T00:00Z")
 TEST_TS = pd.Timestamp("2020-01-02T00:00Z")
-SPLIT = PresetSplit(test_from=pd.Timestamp("2020-01-01T12:00Z").to_pydatetime(), description="LightGCN/NGCF paper split")
+SPLIT = PresetSplit(
+    test_from=pd.Timestamp("2020-01-01T12:00Z").to_pydatetime(), description="LightGCN/NGCF paper split"
+)
 _NOT_ID = re.compile(r"[^0-9\s]")
 
 

@@ -243,6 +243,7 @@ def parse_ts(values: Any, column: str) -> tuple[pd.Series, Check]:
 
 
 def _parse_ts_values(series: pd.Series) -> tuple[pd.Series, np.ndarray]:
+    """Numbers are unix seconds, other text ISO 8601; also returns which values were given."""
     if pd.api.types.is_numeric_dtype(series.dtype) and not pd.api.types.is_bool_dtype(series.dtype):
         number = series.to_numpy(dtype=np.float64, na_value=np.nan)
         text = np.full(len(series), None, dtype=object)
