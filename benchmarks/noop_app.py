@@ -14,13 +14,14 @@ from deployments.schemas import RecommendRequest
 noop_api = FastAPI()
 
 
-@serve.deployment
+# No CPU reservation: the real app's replicas already hold the two cores' worth of CPU slots.
+@serve.deployment(ray_actor_options={"num_cpus": 0})
 class NoopModel:
     async def recommend(self, query: ModelQuery) -> list[Candidate]:
         return [Candidate(item_id=str(i), score=1.0, source="noop", reason="noop") for i in range(query.k)]
 
 
-@serve.deployment
+@serve.deployment(ray_actor_options={"num_cpus": 0})
 @serve.ingress(noop_api)
 class NoopIngress:
     def __init__(self, model: DeploymentHandle):
