@@ -24,7 +24,6 @@ from deployments.contract import ModelQuery, ModelStatus
 from deployments.metrics import IngressMetrics
 from deployments.schemas import (
     ErrorResponse,
-    Interaction,
     InteractionsBody,
     InteractionBatch,
     InteractionsResponse,
