@@ -14,10 +14,11 @@ from pydantic import BaseModel, ConfigDict, Field
 from ray.serve import Application
 
 from deployments.ingress import Ingress, IngressConfig
+from deployments.lightgcn import LightGCNDeployment
 from deployments.popularity import PopularityDeployment
 from stores.settings import get_settings
 
-MODEL_DEPLOYMENTS = {"popularity": PopularityDeployment}
+MODEL_DEPLOYMENTS = {"lightgcn": LightGCNDeployment, "popularity": PopularityDeployment}
 
 
 class ModelPlacement(BaseModel):

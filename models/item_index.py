@@ -12,12 +12,16 @@ import torch
 from stores.artifacts import read_json, write_json
 
 
+MASK_CACHE_SIZE = 256
+
+
 @dataclass
 class ItemIndex:
     item_ids: list[str]
     categories: list[str | None]
     providers: list[str | None]
     index: dict[str, int] = field(init=False, repr=False)
+    _masks: dict[tuple[str | None, str | None], torch.Tensor] = field(init=False, repr=False, default_factory=dict)
 
     def __post_init__(self) -> None:
         self.index = {item: i for i, item in enumerate(self.item_ids)}
@@ -37,8 +41,21 @@ class ItemIndex:
         return [self.index[i] for i in item_ids if i in self.index]
 
     def mask(self, category: str | None = None, provider: str | None = None) -> torch.Tensor | None:
+        """Bool mask of the items in that category and/or provider; None when there is no filter.
+
+        Masks are built once per filter and kept (up to `MASK_CACHE_SIZE`): serving asks for the same
+        few categories over and over, and building one walks the whole catalogue.
+        """
         if category is None and provider is None:
             return None
+        key = (category, provider)
+        if key not in self._masks:
+            if len(self._masks) >= MASK_CACHE_SIZE:
+                self._masks.pop(next(iter(self._masks)))
+            self._masks[key] = self._build_mask(category, provider)
+        return self._masks[key]
+
+    def _build_mask(self, category: str | None, provider: str | None) -> torch.Tensor:
         keep = torch.ones(len(self.item_ids), dtype=torch.bool)
         if category is not None:
             keep &= torch.tensor([c == category for c in self.categories])

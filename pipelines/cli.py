@@ -37,11 +37,28 @@ def cmd_load(args: argparse.Namespace) -> int:
     return 0
 
 
+def parse_overrides(pairs: list[str], device: str | None) -> dict:
+    """`--set lr=0.01 --set loss=bpr` -> {"lr": 0.01, "loss": "bpr"}: values are JSON, else strings."""
+    overrides = {}
+    for pair in pairs:
+        key, sep, raw = pair.partition("=")
+        if not sep or not key:
+            raise ValueError(f"--set expects KEY=VALUE, got {pair!r}")
+        try:
+            overrides[key] = json.loads(raw)
+        except json.JSONDecodeError:
+            overrides[key] = raw
+    if device:
+        overrides["device"] = device
+    return overrides
+
+
 def cmd_train(args: argparse.Namespace) -> int:
     from pipelines.training import train_model
 
-    manifest = train_model(args.model, _settings(args))
-    print(f"{args.model} {manifest.version}: {json.dumps(manifest.metrics)}")
+    manifest = train_model(args.model, _settings(args), parse_overrides(args.set, args.device))
+    metrics = {k: round(v, 4) for k, v in manifest.metrics.items() if k.startswith(("recall@", "ndcg@"))}
+    print(f"{args.model} {manifest.version}: {json.dumps(metrics)}")
     return 0
 
 
@@ -57,6 +74,14 @@ def cmd_serve(args: argparse.Namespace) -> int:
     from pipelines.serving import serve_forever
 
     serve_forever(_settings(args), Path(args.config), args.port)
+    return 0
+
+
+def cmd_rollout(args: argparse.Namespace) -> int:
+    from pipelines.serving import rollout
+
+    served = rollout(args.model, args.version, _settings(args), address=args.address)
+    print(f"{args.model}: serving version {served}")
     return 0
 
 
@@ -102,6 +127,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     train = with_namespace(sub.add_parser("train", help="train a model into a new artifact version"))
     train.add_argument("model", choices=sorted(MODELS))
+    train.add_argument("--device", help="torch device for training, e.g. cpu or cuda")
+    train.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                       help="a training setting (see the README), e.g. --set time_budget_s=600")
     train.set_defaults(func=cmd_train)
 
     evaluate = with_namespace(sub.add_parser("evaluate", help="write a Markdown evaluation report with plots"))
@@ -113,6 +141,12 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--config", default=str(DEFAULT_CONFIG))
     serve.add_argument("--port", type=int, default=None, help="override http_options.port")
     serve.set_defaults(func=cmd_serve)
+
+    roll = with_namespace(sub.add_parser("rollout", help="hot-swap a model version on the running Serve app"))
+    roll.add_argument("model", choices=sorted(MODELS))
+    roll.add_argument("version", help="an artifact version (see artifacts/<namespace>/<model>/) or 'current'")
+    roll.add_argument("--address", default="auto", help="Ray cluster address (default: the local one)")
+    roll.set_defaults(func=cmd_rollout)
 
     demo = with_namespace(sub.add_parser("demo", help="generate data, train, serve and show example requests"))
     demo.add_argument("--fresh", action="store_true", help="regenerate the data and retrain")

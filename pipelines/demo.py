@@ -12,7 +12,7 @@ import requests
 
 from pipelines import serving
 from pipelines.loading import load_into_store
-from pipelines.training import DEMO_MODELS, train_model
+from pipelines.training import DEMO_MODELS, DEMO_OVERRIDES, train_model
 from stores.artifacts import ArtifactStore
 from stores.event_store import EventStore
 from stores.postgres import Database
@@ -30,8 +30,9 @@ def run_demo(settings: Settings, fresh: bool = False, keep_serving: bool = True)
     for model in DEMO_MODELS:
         if fresh or artifacts.current_version(model) is None:
             print(f"== training {model}", flush=True)
-            manifest = train_model(model, settings)
-            print(f"   {model} {manifest.version}: {json.dumps(manifest.metrics)}", flush=True)
+            manifest = train_model(model, settings, DEMO_OVERRIDES.get(model))
+            metrics = {k: round(v, 4) for k, v in manifest.metrics.items() if k in ("recall@20", "ndcg@20")}
+            print(f"   {model} {manifest.version}: {json.dumps(metrics)}", flush=True)
     print("== starting Ray Serve", flush=True)
     with serving.running(settings) as config:
         base = f"http://{config.http_options.host}:{config.http_options.port}"

@@ -46,14 +46,22 @@ def plot_metrics(results: dict[str, dict[str, Any]], path: Path) -> None:
 
 
 def plot_curves(curves: list[dict[str, float]], path: Path) -> None:
-    """A learning curve: each metric in the history against wall time (or epoch)."""
+    """A learning curve: held-out metrics (left axis) and training loss (right axis) against training
+    time, or epochs when the history has no times."""
     x_key = "seconds" if "seconds" in curves[0] else "epoch"
+    xs = [c[x_key] for c in curves]
     fig, ax = plt.subplots(figsize=(7, 4))
-    for key in sorted(k for k in curves[0] if k not in ("seconds", "epoch")):
-        ax.plot([c[x_key] for c in curves], [c[key] for c in curves], marker=".", label=key)
-    ax.set_xlabel(x_key)
+    for key in sorted({k for c in curves for k in c if "@" in k}):
+        points = [(x, c[key]) for x, c in zip(xs, curves) if key in c]
+        ax.plot(*zip(*points), marker=".", label=key)
+    if any("loss" in c for c in curves):
+        loss_ax = ax.twinx()
+        loss_ax.plot(xs, [c.get("loss") for c in curves], color="grey", linestyle="--", label="training loss")
+        loss_ax.set_ylabel("training loss")
+        loss_ax.legend(loc="lower right")
+    ax.set_xlabel("training seconds" if x_key == "seconds" else "epoch")
     ax.grid(alpha=0.3)
-    ax.legend()
+    ax.legend(loc="upper left")
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)

@@ -72,6 +72,64 @@ def start(settings: Settings, config_path: Path = DEFAULT_CONFIG, http_port: int
     raise TimeoutError(f"Serve applications not RUNNING after {timeout_s:.0f} s: {serve.status().applications}")
 
 
+def rollout(model: str, version: str, settings: Settings, address: str = "auto", timeout_s: float = 120) -> str:
+    """Serve `version` of `model` on the running cluster: what `serve deploy` does after an edit of that
+    deployment's `user_config.version`. Only the user_config changes, so Serve reconfigures the live
+    replicas (a hot swap) instead of replacing them. Returns the version the replicas now report."""
+    import ray
+    from ray.serve._private.constants import SERVE_NAMESPACE
+    from ray.serve.context import _get_global_client
+    from ray.serve.schema import DeploymentSchema, ServeDeploySchema, ServeInstanceDetails
+
+    from deployments.app import MODEL_DEPLOYMENTS
+    from stores.artifacts import ArtifactStore
+
+    if model not in MODEL_DEPLOYMENTS:
+        raise ValueError(f"unknown model {model!r}; known: {sorted(MODEL_DEPLOYMENTS)}")
+    # Fails before deploying when the version does not exist; "current" resolves to its version name.
+    expected = ArtifactStore(settings.artifacts_dir, settings.namespace).resolve(model, version).name
+    deployment = MODEL_DEPLOYMENTS[model].name
+    ray.init(address=address, namespace=SERVE_NAMESPACE, configure_logging=False)
+    try:
+        client = _get_global_client()
+        details = ServeInstanceDetails(**client.get_serve_details())
+        applications = []
+        for name, application in details.applications.items():
+            app_config = application.deployed_app_config
+            if app_config is None:
+                raise RuntimeError(f"application {name!r} was not deployed from a config; cannot roll out")
+            if deployment in application.deployments:
+                entries = {d.name: d for d in app_config.deployments}
+                entries.setdefault(deployment, DeploymentSchema(name=deployment)).user_config = {"version": version}
+                app_config.deployments = list(entries.values())
+            applications.append(app_config)
+        config = ServeDeploySchema(
+            proxy_location=details.proxy_location, http_options=details.http_options, applications=applications
+        )
+        client.deploy_apps(config, _blocking=True)
+        return _wait_for_version(client, deployment, expected, timeout_s)
+    finally:
+        ray.shutdown()
+
+
+def _wait_for_version(client, deployment: str, version: str, timeout_s: float) -> str:
+    """Until Serve calls the deployment healthy again and a replica reports serving `version`."""
+    from ray import serve
+    from ray.serve.schema import ServeInstanceDetails
+
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        details = ServeInstanceDetails(**client.get_serve_details())
+        for app_name, application in details.applications.items():
+            state = application.deployments.get(deployment)
+            if state is not None and state.status == "HEALTHY":
+                status = serve.get_deployment_handle(deployment, app_name).status.remote().result(timeout_s=10)
+                if status.version == version:
+                    return version
+        time.sleep(0.5)
+    raise TimeoutError(f"{deployment} did not report version {version} within {timeout_s:.0f} s")
+
+
 def stop() -> None:
     """Shut Serve and Ray down, then reap any Ray process this driver started that outlived it.
 

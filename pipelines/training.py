@@ -1,9 +1,9 @@
-"""`recserve train <model>` and `recserve evaluate <model>`: one protocol for every model.
+"""`recserve train <model>` and `recserve evaluate <model>`: one protocol (pipelines/protocol.py) for
+every model.
 
-The data comes from the namespace's event store. The split is the dataset's published one when it
-has one (Gowalla, YOOCHOOSE), otherwise a temporal split. Offline metrics are full-ranking metrics
-on the test period for returning users, with their training items masked. The artifact that is
-served is then fitted on all events, so serving uses the freshest data.
+Each trainer measures its model on the held-out test period, then publishes an artifact fitted on all
+events, so serving uses the freshest data. Artifacts that carry embeddings (`embeddings.pt`) are synced
+to the vector store under their version.
 """
 
 from __future__ import annotations
@@ -11,87 +11,27 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import pandas as pd
-import torch
-
-from graph_builders.bipartite import BipartiteGraph, pairs_csr
 from graph_builders.edge_weights import EdgeWeights
-from graph_builders.splits import TemporalSplit, evaluation_targets, preset_split, temporal_split
-from models.evaluation import evaluate_full_ranking
 from models.item_index import ItemIndex
 from models.popularity import PopularityModel
+from pipelines.embedding_sync import sync_artifact_embeddings
+from pipelines.lightgcn import train_lightgcn_artifact
+from pipelines.protocol import RankingProtocol, TrainingData, baseline_metrics, data_window, popularity_scores
 from pipelines.reports import write_report
 from stores.artifacts import ArtifactStore, Manifest
-from stores.event_store import EventStore
-from stores.postgres import Database
 from stores.settings import REPO_ROOT, Settings
 
 log = logging.getLogger(__name__)
 
-EVAL_KS = (10, 20, 50)
+Trainer = Callable[[TrainingData, ArtifactStore, dict[str, Any]], Manifest]
 
 
-@dataclass
-class TrainingData:
-    events: pd.DataFrame
-    items: pd.DataFrame
-    users: pd.DataFrame
-    split: TemporalSplit
-    split_name: str
-
-    @classmethod
-    def load(cls, settings: Settings) -> TrainingData:
-        store = EventStore(Database.from_settings(settings))
-        started = time.perf_counter()
-        events, items, users = store.events_frame(), store.items_frame(), store.users_frame()
-        if events.empty:
-            raise RuntimeError(f"namespace {settings.namespace!r} has no events; run `recserve load` first")
-        preset = store.preset_split()
-        split = preset_split(events, preset) if preset else temporal_split(events)
-        name = preset.description if preset else "temporal 70/10/20"
-        log.info("read %d events, %d items in %.1f s; split: %s", len(events), len(items), time.perf_counter() - started, name)
-        return cls(events, items, users, split, name)
-
-    @property
-    def history(self) -> pd.DataFrame:
-        """Everything before the test period (train + validation)."""
-        return pd.concat([self.split.train, self.split.validation], ignore_index=True)
-
-
-@dataclass
-class RankingProtocol:
-    """Returning users' test items against a graph of everything they did before the test period."""
-
-    graph: BipartiteGraph
-    test: torch.Tensor  # users x items CSR of held-out positives
-
-    @classmethod
-    def build(cls, data: TrainingData, weights: EdgeWeights) -> RankingProtocol:
-        graph = BipartiteGraph.from_events(data.history, data.items, weights)
-        targets = evaluation_targets(data.history, data.split.test)
-        return cls(graph, pairs_csr(targets, graph.user_index, graph.item_index))
-
-    def evaluate(self, score_fn: Callable[[torch.Tensor], torch.Tensor], ks=EVAL_KS) -> dict[str, float]:
-        return evaluate_full_ranking(score_fn, self.graph.seen, self.test, ks=ks).as_dict()
-
-
-def data_window(events: pd.DataFrame) -> dict[str, Any]:
-    return {
-        "first_event": events["ts"].min().isoformat(),
-        "last_event": events["ts"].max().isoformat(),
-        "events": len(events),
-    }
-
-
-def popularity_scores(model: PopularityModel) -> Callable[[torch.Tensor], torch.Tensor]:
-    return lambda users: model.overall.expand(len(users), -1)
-
-
-def train_popularity(data: TrainingData, artifacts: ArtifactStore) -> Manifest:
+def train_popularity(data: TrainingData, artifacts: ArtifactStore, overrides: dict[str, Any]) -> Manifest:
+    if overrides:
+        raise ValueError(f"popularity takes no settings, got {sorted(overrides)}")
     weights = EdgeWeights()
     protocol = RankingProtocol.build(data, weights)
     held_out = PopularityModel.fit(data.history, protocol.graph.item_ids, weights)
@@ -116,22 +56,19 @@ def train_popularity(data: TrainingData, artifacts: ArtifactStore) -> Manifest:
     )
 
 
-def baseline_metrics(data: TrainingData, protocol: RankingProtocol) -> dict[str, dict[str, float]]:
-    """The simple baselines, measured in the same run and protocol as the model under evaluation."""
-    weights = EdgeWeights()
-    popularity = PopularityModel.fit(data.history, protocol.graph.item_ids, weights)
-    return {"popularity": protocol.evaluate(popularity_scores(popularity))}
+MODELS: dict[str, Trainer] = {"popularity": train_popularity, "lightgcn": train_lightgcn_artifact}
+DEMO_MODELS = ["popularity", "lightgcn"]
+# Demo training stays within a few minutes on a 2-core CPU.
+DEMO_OVERRIDES: dict[str, dict[str, Any]] = {"lightgcn": {"time_budget_s": 60.0, "max_epochs": 40}}
 
 
-MODELS: dict[str, Callable[[TrainingData, ArtifactStore], Manifest]] = {"popularity": train_popularity}
-DEMO_MODELS = ["popularity"]
-
-
-def train_model(model: str, settings: Settings) -> Manifest:
+def train_model(model: str, settings: Settings, overrides: dict[str, Any] | None = None) -> Manifest:
     started = time.perf_counter()
     data = TrainingData.load(settings)
-    manifest = MODELS[model](data, ArtifactStore(settings.artifacts_dir, settings.namespace))
-    log.info("trained %s %s in %.1f s: %s", model, manifest.version, time.perf_counter() - started, manifest.metrics)
+    artifacts = ArtifactStore(settings.artifacts_dir, settings.namespace)
+    manifest = MODELS[model](data, artifacts, overrides or {})
+    sync_artifact_embeddings(artifacts.resolve(model, manifest.version), manifest, settings)
+    log.info("trained %s %s in %.1f s", model, manifest.version, time.perf_counter() - started)
     return manifest
 
 
@@ -143,7 +80,8 @@ def evaluate_model(model: str, settings: Settings, out_dir: Path | None = None) 
     if manifest.config.get("split") != data.split_name:
         raise RuntimeError(f"{model} {manifest.version} was evaluated on split {manifest.config.get('split')!r}, "
                            f"the namespace now splits as {data.split_name!r}; retrain it first")
-    results = {**baseline_metrics(data, RankingProtocol.build(data, EdgeWeights())), model: manifest.metrics}
+    metrics = {k: v for k, v in manifest.metrics.items() if k != "history"}
+    results = {**baseline_metrics(data, RankingProtocol.build(data, EdgeWeights())), model: metrics}
     out_dir = out_dir or REPO_ROOT / "reports" / settings.namespace / model
     return write_report(
         title=f"{model} on {settings.namespace}",
@@ -152,7 +90,8 @@ def evaluate_model(model: str, settings: Settings, out_dir: Path | None = None) 
             "trained at": manifest.created_at.isoformat(),
             "split": data.split_name,
             "events (train / validation / test)": f"{len(data.split.train):,} / {len(data.split.validation):,} / {len(data.split.test):,}",
-            "protocol": "full ranking over all items, training items masked, returning users' new test items",
+            "protocol": "full ranking over all items, earlier items masked, returning users' new test items",
+            **manifest.config.get("summary", {}),
         },
         results=results,
         curves=manifest.metrics.get("history"),

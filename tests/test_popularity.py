@@ -6,7 +6,8 @@ import torch
 from models.item_index import ItemIndex
 from models.popularity import PopularityModel
 from pipelines.loading import load_into_store
-from pipelines.training import TrainingData, evaluate_model, train_model
+from pipelines.protocol import TrainingData
+from pipelines.training import evaluate_model, train_model
 from stores.artifacts import ArtifactStore
 from stores.settings import Settings
 
