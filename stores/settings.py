@@ -25,6 +25,16 @@ class Settings(BaseSettings):
         validation_alias=AliasChoices("DATABASE_URL", "RECSERVE_DATABASE_URL"),
         description="PostgreSQL DSN. Unset: an embedded PostgreSQL under state_dir/postgres.",
     )
+    qdrant_url: str | None = Field(
+        default=None,
+        validation_alias=AliasChoices("QDRANT_URL", "RECSERVE_QDRANT_URL"),
+        description="Qdrant server URL. Unset: Qdrant's local mode under state_dir/qdrant (one process at a time).",
+    )
+    qdrant_api_key: str | None = Field(
+        default=None,
+        validation_alias=AliasChoices("QDRANT_API_KEY", "RECSERVE_QDRANT_API_KEY"),
+        description="API key for the Qdrant server; ignored in local mode.",
+    )
     namespace: str = Field(
         default="demo",
         description="PostgreSQL schema (and artifact folder) of one dataset; each dataset loads into its own.",
