@@ -5,6 +5,12 @@ same topology, deployed on the same Serve instance and measured in the same run,
 
 Needs a loaded namespace with a trained popularity artifact (`make demo` makes one). Sequential:
 one request after another. Concurrent: 8 client threads. The ratio real/no-op is the figure.
+
+The ingress caches per user (seen items, whole answers), so each row is measured twice:
+- cold: every request is for a user not asked before (result and seen-items caches miss; the
+  catalogue snapshot is always in memory, by design);
+- warm: the same requests again, answered from the result cache.
+The `hits` column is the share of real-app responses that said `cached: true`.
 """
 
 from __future__ import annotations
@@ -27,27 +33,34 @@ def percentiles(samples: list[float]) -> tuple[float, float]:
     return float(np.percentile(samples, 50)), float(np.percentile(samples, 99))
 
 
-def timed_post(session: requests.Session, url: str, body: dict) -> float:
+def timed_post(session: requests.Session, url: str, body: dict) -> tuple[float, bool]:
+    """(milliseconds, whether the answer came from the result cache)."""
     started = time.perf_counter()
     response = session.post(url, json=body, timeout=30)
     elapsed = (time.perf_counter() - started) * 1000
     response.raise_for_status()
-    return elapsed
+    return elapsed, bool(response.json().get("cached", False))
 
 
-def run(urls: dict[str, str], bodies: list[dict], clients: int, requests_per_app: int) -> dict[str, list[float]]:
-    """Alternate the apps request by request so that machine noise hits both alike."""
+def run(
+    urls: dict[str, str], bodies: list[dict], clients: int
+) -> tuple[dict[str, list[float]], dict[str, list[bool]]]:
+    """One request per body and app; alternate the apps request by request so that machine noise
+    hits both alike. Returns latencies and cached flags per app."""
     samples: dict[str, list[float]] = {name: [] for name in urls}
+    cached: dict[str, list[bool]] = {name: [] for name in urls}
     sessions = [requests.Session() for _ in range(clients)]
 
     def client(worker: int) -> None:
-        for n in range(worker, requests_per_app, clients):
+        for n in range(worker, len(bodies), clients):
             for name, url in urls.items():
-                samples[name].append(timed_post(sessions[worker], url, bodies[n % len(bodies)]))
+                elapsed, hit = timed_post(sessions[worker], url, bodies[n])
+                samples[name].append(elapsed)
+                cached[name].append(hit)
 
     with ThreadPoolExecutor(clients) as pool:
         list(pool.map(client, range(clients)))
-    return samples
+    return samples, cached
 
 
 def main() -> None:
@@ -59,30 +72,38 @@ def main() -> None:
     settings = get_settings()
     if args.namespace:
         settings = settings.model_copy(update={"namespace": args.namespace})
-    users = EventStore(Database.from_settings(settings)).events_frame()["user_id"].dropna().unique()[:200]
-    bodies = [{"user_id": str(u), "k": 10} for u in users]
+    warmup, rows = 50, (1, 8)
+    wanted = warmup + args.requests * len(rows)
+    users = EventStore(Database.from_settings(settings)).events_frame()["user_id"].dropna().unique()
+    if len(users) < wanted:
+        raise SystemExit(f"need {wanted} distinct users (each cold request is a new one); {settings.namespace} has {len(users)}")
+    bodies = [{"user_id": str(u), "k": 10} for u in users[:wanted]]
 
     from ray import serve
 
     from benchmarks.noop_app import noop_app
 
-    serving.start(settings, http_port=args.port)
     try:
+        serving.start(settings, http_port=args.port)  # inside: a start that times out still stops Ray
         serve.run(noop_app, name="noop", route_prefix="/noop")
         base = f"http://127.0.0.1:{args.port}"
         urls = {"recserve": f"{base}/v1/recommend", "no-op floor": f"{base}/noop/v1/recommend"}
-        run(urls, bodies, 1, 50)  # warm-up: connections, replicas, caches
+        run(urls, bodies[:warmup], 1)  # warm-up: connections, replicas (users not measured after)
         print(f"/v1/recommend, ingress -> popularity vs. no-op ingress -> 1 deployment; namespace {settings.namespace}; "
-              f"{args.requests} requests per app per row, interleaved; 2-core CPU\n")
-        print("| clients | app | p50 ms | p99 ms | mean ms | p50 ratio | p99 ratio |")
-        print("|---:|---|---:|---:|---:|---:|---:|")
-        for clients in (1, 8):
-            samples = run(urls, bodies, clients, args.requests)
-            floor50, floor99 = percentiles(samples["no-op floor"])
-            for name, values in samples.items():
-                p50, p99 = percentiles(values)
-                print(f"| {clients} | {name} | {p50:.1f} | {p99:.1f} | {statistics.mean(values):.1f} | "
-                      f"{p50 / floor50:.2f}x | {p99 / floor99:.2f}x |")
+              f"{args.requests} requests per app per row, interleaved, k=10, one distinct user per cold request; "
+              "warm = the same requests repeated\n")
+        print("| clients | caches | app | p50 ms | p99 ms | mean ms | p50 ratio | p99 ratio | hits |")
+        print("|---:|---|---|---:|---:|---:|---:|---:|---:|")
+        for row, clients in enumerate(rows):
+            fresh = bodies[warmup + row * args.requests : warmup + (row + 1) * args.requests]
+            for phase in ("cold", "warm"):
+                samples, cached = run(urls, fresh, clients)
+                floor50, floor99 = percentiles(samples["no-op floor"])
+                for name, values in samples.items():
+                    p50, p99 = percentiles(values)
+                    hits = f"{statistics.mean(cached[name]):.0%}" if name == "recserve" else ""
+                    print(f"| {clients} | {phase} | {name} | {p50:.1f} | {p99:.1f} | {statistics.mean(values):.1f} | "
+                          f"{p50 / floor50:.2f}x | {p99 / floor99:.2f}x | {hits} |", flush=True)
     finally:
         serving.stop()
 

@@ -4,12 +4,18 @@
 
 Model handles are injected through `bind()` (see deployments/app.py). Events are written to
 PostgreSQL before they are acknowledged. OpenAPI lives at /docs.
+
+/v1/recommend does not wait on PostgreSQL in the common case: catalogue fields come from an
+in-memory snapshot, seen items and whole answers from per-user TTL caches (deployments/caches.py),
+and a user's stored interactions update that user's entries. Each replica holds its own caches, so
+with several ingress replicas an interaction reaches the others' caches only through the TTLs.
 """
 
 import asyncio
 import logging
 import time
 import uuid
+from collections import defaultdict
 from datetime import UTC, datetime
 
 from fastapi import FastAPI, Request
@@ -20,6 +26,7 @@ from ray import serve
 from ray.serve.handle import DeploymentHandle
 from starlette.middleware.base import BaseHTTPMiddleware
 
+from deployments.caches import CatalogSnapshot, ItemMeta, PerUserCache, SeenItems, result_variant
 from deployments.contract import ModelQuery, ModelStatus
 from deployments.metrics import IngressMetrics
 from deployments.schemas import (
@@ -51,6 +58,17 @@ class IngressConfig(BaseModel):
     default_stage_timeout_ms: float = 300.0
     status_refresh_s: float = Field(default=5.0, description="how stale a model's loaded/version view may be")
     retry_after_s: int = Field(default=5, description="Retry-After sent with 503 when PostgreSQL is down")
+    catalog_refresh_s: float = Field(
+        default=300.0, gt=0, description="how often the in-memory catalogue snapshot (title, provider, category) is reloaded"
+    )
+    seen_cache_ttl_s: float = Field(
+        default=60.0, ge=0, description="how long a user's seen items (exclude_seen) are cached; 0 turns the cache off"
+    )
+    seen_cache_users: int = Field(default=10_000, ge=0, description="users whose seen items are cached (LRU beyond)")
+    result_cache_ttl_s: float = Field(
+        default=30.0, ge=0, description="how long a user's answer to an identical request is reused; 0 turns it off"
+    )
+    result_cache_users: int = Field(default=10_000, ge=0, description="users whose answers are cached (LRU beyond)")
 
 
 api = FastAPI(
@@ -99,10 +117,15 @@ async def _validation_error(request: Request, exc: RequestValidationError) -> JS
     return JSONResponse(ErrorResponse(error=messages, fields=fields, detail=detail).model_dump(), status_code=422)
 
 
+def _enrichment(meta: ItemMeta | None) -> dict:
+    """Catalogue fields for a response item (none when the item is not in the catalogue)."""
+    return meta._asdict() if meta is not None else {}
+
+
 @serve.deployment
 @serve.ingress(api)
 class Ingress:
-    def __init__(self, models: dict[str, DeploymentHandle], config: dict | None = None):
+    async def __init__(self, models: dict[str, DeploymentHandle], config: dict | None = None):
         self.config = IngressConfig.model_validate(config or {})
         self.models = models
         self.store = EventStore(Database.from_settings(namespace=self.config.namespace))
@@ -110,6 +133,16 @@ class Ingress:
         self._statuses: dict[str, ModelStatus] = {}
         self._statuses_at = 0.0
         self._status_lock = asyncio.Lock()
+        self.catalog = CatalogSnapshot.from_store(
+            self.store, self.config.catalog_refresh_s, on_refresh=lambda count: self.metrics.catalog_items.set(count)
+        )
+        self.seen = SeenItems(self.store.seen_items, self.config.seen_cache_users, self.config.seen_cache_ttl_s)
+        self.results: PerUserCache[tuple[RecommendResponse, bool]] = PerUserCache(
+            self.config.result_cache_users, self.config.result_cache_ttl_s
+        )
+        # PostgreSQL down now: the ingress still comes up; enrichment waits for a later refresh.
+        await self.catalog.refresh()
+        self.catalog.start()
 
     # -- model status ----------------------------------------------------------------------------
     async def model_statuses(self) -> dict[str, ModelStatus]:
@@ -135,9 +168,31 @@ class Ingress:
     async def recommend(self, request: RecommendRequest) -> RecommendResponse:
         strategy, arm = "cascade", "cascade"  # the A/B switch and fusion arrive with the ingress issue
         statuses = await self.model_statuses()
+
+        async def compute() -> tuple[RecommendResponse, bool]:
+            return await self._recommend(request, statuses, strategy, arm)
+
+        if request.user_id is None or not self.results.enabled:
+            response, _ = await compute()
+            return response
+        variant = result_variant(request, {name: status.version for name, status in statuses.items()})
+        # Only complete answers are reused: not one that skipped exclude_seen or lost a stage.
+        (response, _), hit = await self.results.get_or_load(request.user_id, variant, compute, keep=lambda r: r[1])
+        self.metrics.count_cache("results", arm, hits=int(hit), misses=int(not hit))
+        if not hit:
+            return response
+        self._count_request(strategy, arm, response.items)
+        return response.model_copy(update={"request_id": uuid.uuid4().hex, "cached": True})
+
+    async def _recommend(
+        self, request: RecommendRequest, statuses: dict[str, ModelStatus], strategy: str, arm: str
+    ) -> tuple[RecommendResponse, bool]:
+        """The answer, computed, and whether it is complete enough to be cached."""
         exclude = list(request.exclude_ids)
+        complete = True
         if request.filters.exclude_seen and request.user_id:
-            exclude += await self._seen_items(request.user_id)
+            seen, complete = await self._seen_items(request.user_id, arm)
+            exclude += seen
         needed = request.offset + request.k
         query = ModelQuery(
             user_id=request.user_id,
@@ -154,18 +209,29 @@ class Ingress:
             if attempt.outcome != "served":
                 self.metrics.fallthroughs.inc(tags={"stage": attempt.model, "reason": attempt.outcome, "arm": arm})
         page = result.candidates[request.offset : needed]
-        catalog = await self._catalog(c.item_id for c in page)
-        for source in {c.source for c in page} or {"none"}:
-            self.metrics.requests.inc(tags={"strategy": strategy, "arm": arm, "source": source})
-        return RecommendResponse(
+        catalog = await self.catalog.lookup(c.item_id for c in page)
+        self.metrics.count_cache("catalog", arm, hits=catalog.hits, misses=catalog.misses)
+        items = [RecommendedItem(**c.model_dump(), **_enrichment(catalog.value.get(c.item_id))) for c in page]
+        self._count_request(strategy, arm, items)
+        response = RecommendResponse(
             request_id=uuid.uuid4().hex,
             user_id=request.user_id,
             strategy=strategy,
             arm=arm,
-            items=[RecommendedItem(**c.model_dump(), **catalog.get(c.item_id, {})) for c in page],
+            items=items,
             models_tried=result.attempts,
             model_versions={name: status.version for name, status in statuses.items()},
         )
+        complete = (
+            complete
+            and all(a.outcome not in ("error", "timeout") for a in result.attempts)
+            and len(catalog.value) == len({c.item_id for c in page})
+        )
+        return response, complete
+
+    def _count_request(self, strategy: str, arm: str, items: list[RecommendedItem]) -> None:
+        for source in {i.source for i in items} or {"none"}:
+            self.metrics.requests.inc(tags={"strategy": strategy, "arm": arm, "source": source})
 
     def _stage(self, name: str, status: ModelStatus | None) -> Stage:
         timeout_ms = self.config.stage_timeout_ms.get(name, self.config.default_stage_timeout_ms)
@@ -173,20 +239,17 @@ class Ingress:
         loaded = status is not None and status.loaded
         return Stage(name, lambda q: handle.recommend.remote(q), timeout_ms / 1000, None if loaded else "not_loaded")
 
-    async def _seen_items(self, user_id: str) -> list[str]:
+    async def _seen_items(self, user_id: str, arm: str) -> tuple[frozenset[str], bool]:
+        """(the user's seen items, whether they could be read)."""
         try:
-            return await asyncio.to_thread(self.store.seen_items, user_id)
+            seen, hit = await self.seen.get(user_id)
         except UNAVAILABLE_ERRORS:
             # Recommendations keep working without PostgreSQL; they just cannot exclude history.
             log.warning("exclude_seen skipped: PostgreSQL unavailable")
-            return []
-
-    async def _catalog(self, item_ids) -> dict[str, dict]:
-        try:
-            found = await asyncio.to_thread(self.store.items_by_id, list(item_ids))
-        except UNAVAILABLE_ERRORS:
-            return {}
-        return {i: {k: meta[k] for k in ("title", "provider", "category")} for i, meta in found.items()}
+            self.metrics.count_cache("seen", arm, hits=0, misses=1)
+            return frozenset(), False
+        self.metrics.count_cache("seen", arm, hits=int(hit), misses=int(not hit))
+        return seen, True
 
     # -- interactions ----------------------------------------------------------------------------
     @api.post("/v1/interactions", response_model=InteractionsResponse, status_code=201)
@@ -205,9 +268,17 @@ class Ingress:
             return JSONResponse(
                 error.model_dump(), status_code=503, headers={"Retry-After": str(self.config.retry_after_s)}
             )
+        items_by_user: dict[str, set[str]] = defaultdict(set)
         for event, result in zip(events, stored):
             if not result.duplicate:
                 self.metrics.events_ingested.inc(tags={"event_type": event.event_type.value})
+            if event.user_id is not None:
+                items_by_user[event.user_id].add(event.item_id)
+        # Stored, so now (not before) the user's caches change: their new items count as seen and
+        # their cached answers go. A recommendation in flight for them is not cached either.
+        for user_id, item_ids in items_by_user.items():
+            self.seen.add(user_id, item_ids)
+            self.results.invalidate(user_id)
         duplicates = sum(r.duplicate for r in stored)
         return InteractionsResponse(
             accepted=len(stored) - duplicates,

@@ -28,8 +28,16 @@ class IngressMetrics:
             description="Cascade stages that passed the request on, by stage and reason.",
             tag_keys=("stage", "reason", "arm"),
         )
+        # cache: "results" (per-user recommendation pages), "seen" (per-user seen items, for
+        # exclude_seen), "catalog" (items enriched from the in-memory snapshot; a miss is a DB lookup).
         self.cache_hits = Counter(
-            "recserve_cache_hits", description="Per-user result cache hits.", tag_keys=("arm",)
+            "recserve_cache_hits", description="Cache hits by cache and A/B arm.", tag_keys=("cache", "arm")
+        )
+        self.cache_misses = Counter(
+            "recserve_cache_misses", description="Cache misses by cache and A/B arm.", tag_keys=("cache", "arm")
+        )
+        self.catalog_items = Gauge(
+            "recserve_catalog_snapshot_items", description="Items in the ingress's in-memory catalogue snapshot."
         )
         self.events_ingested = Counter(
             "recserve_events_ingested", description="Events stored (duplicates excluded).", tag_keys=("event_type",)
@@ -37,6 +45,13 @@ class IngressMetrics:
         self.events_rejected = Counter(
             "recserve_events_rejected", description="Events refused, by reason.", tag_keys=("reason",)
         )
+
+    def count_cache(self, cache: str, arm: str, hits: int, misses: int) -> None:
+        tags = {"cache": cache, "arm": arm}
+        if hits:
+            self.cache_hits.inc(hits, tags=tags)
+        if misses:
+            self.cache_misses.inc(misses, tags=tags)
 
 
 class ModelMetrics:

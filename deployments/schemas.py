@@ -70,6 +70,9 @@ class RecommendResponse(BaseModel):
     items: list[RecommendedItem]
     models_tried: list[StageAttempt]
     model_versions: dict[str, str | None]
+    cached: bool = Field(
+        default=False, description="served from the per-user result cache (items as first computed, within its TTL)"
+    )
 
 
 class Interaction(Strict):

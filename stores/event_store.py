@@ -234,6 +234,13 @@ class EventStore:
         frame["created_at"] = pd.to_datetime(frame["created_at"], utc=True, format="ISO8601")
         return _nones(frame)
 
+    def catalog_entries(self) -> list[tuple[str, str | None, str | None, str | None]]:
+        """(item_id, title, provider, category) of every item, in one COPY: the serving snapshot."""
+        columns = ["item_id", "title", "provider", "category"]
+        with self.db.cursor() as cur:
+            frame = _read_copy(cur, f"SELECT {', '.join(columns)} FROM items", columns)
+        return list(_nones(frame).itertuples(index=False, name=None))
+
     def users_frame(self) -> pd.DataFrame:
         with self.db.cursor() as cur:
             frame = _read_copy(cur, "SELECT user_id, device, attrs, created_at FROM users ORDER BY user_id", USER_COLUMNS)

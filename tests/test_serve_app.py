@@ -127,6 +127,37 @@ def test_interactions_are_stored_before_ack_and_idempotent(service):
     assert batch.status_code == 201 and batch.json()["accepted"] == 3
 
 
+def test_own_fresh_interaction_is_excluded_at_once_despite_the_caches(service):
+    base, store, _ = service
+    user = store.events_frame()["user_id"].dropna().unique()[1]
+    body = {"user_id": user, "k": 5, "filters": {"exclude_seen": True}}
+    first = post(base, "/v1/recommend", body).json()
+    top = first["items"][0]["item_id"]
+    assert post(base, "/v1/recommend", body).json()["cached"]  # both caches hold this user now
+    stored = post(base, "/v1/interactions", {"user_id": user, "item_id": top, "event_type": "click"})
+    assert stored.status_code == 201, stored.text
+    after = post(base, "/v1/recommend", body).json()
+    assert not after["cached"]
+    assert top not in {i["item_id"] for i in after["items"]} and len(after["items"]) == 5
+    assert not {i["item_id"] for i in after["items"]} & set(store.seen_items(user))
+    assert post(base, "/v1/recommend", body).json()["items"] == after["items"]
+
+
+def test_identical_requests_are_served_from_the_result_cache(service):
+    base, store, _ = service
+    user = store.events_frame()["user_id"].dropna().unique()[2]
+    body = {"user_id": user, "k": 4, "offset": 2, "context": {"device": "web"}}
+    first = RecommendResponse.model_validate(post(base, "/v1/recommend", body).json())
+    second = RecommendResponse.model_validate(post(base, "/v1/recommend", body).json())
+    assert not first.cached and second.cached
+    assert second.items == first.items and second.request_id != first.request_id
+    assert all(i.title for i in second.items)
+    other = post(base, "/v1/recommend", dict(body, k=3)).json()  # another request: computed afresh
+    assert not other["cached"] and [i["item_id"] for i in other["items"]] == [i.item_id for i in first.items[:3]]
+    anonymous = [post(base, "/v1/recommend", {"k": 3}).json() for _ in range(2)]
+    assert not any(a["cached"] for a in anonymous)
+
+
 @pytest.mark.parametrize(
     "path, body, field",
     [
@@ -172,13 +203,18 @@ def test_status_health_and_openapi(service):
 
 
 def test_metrics_are_exported(service):
-    base, _, metrics_port = service
+    base, store, metrics_port = service
     post(base, "/v1/recommend", {"k": 3})
+    user = store.events_frame()["user_id"].dropna().unique()[3]
+    for _ in range(2):  # a miss, then a hit
+        post(base, "/v1/recommend", {"user_id": user, "k": 3})
     deadline = time.monotonic() + 60
     text = ""
     while time.monotonic() < deadline:
         text = requests.get(f"http://127.0.0.1:{metrics_port}/metrics", timeout=10).text
-        if "ray_recserve_recommend_requests" in text and "ray_recserve_events_ingested" in text:
+        wanted = ["ray_recserve_recommend_requests", "ray_recserve_events_ingested", 'cache="results"',
+                  'cache="seen"', 'cache="catalog"', "ray_recserve_cache_misses", "ray_recserve_catalog_snapshot_items"]
+        if all(w in text for w in wanted) and "ray_recserve_cache_hits" in text:
             return
         time.sleep(3)
     pytest.fail("project metrics missing from the metrics port:\n" + "\n".join(l for l in text.splitlines() if "recserve" in l)[:2000])
