@@ -76,13 +76,16 @@ class Database:
         with self._lock:
             if self._pool is None:
                 self._pool = ThreadedConnectionPool(
-                    0,
+                    0,  # none opened up front...
                     self._max_connections,
                     self.dsn,
                     options=f"-c search_path={self.namespace},public",
                     connect_timeout=5,
                     application_name="recserve",
                 )
+                # ...but keep every connection that is handed back: psycopg2 closes those above
+                # `minconn`, and a fresh connection costs ~8 ms against ~0.6 ms for a query on one.
+                self._pool.minconn = self._max_connections
             return self._pool
 
     @contextmanager
