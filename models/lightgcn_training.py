@@ -2,20 +2,24 @@
 
 Two objectives (`LightGCNConfig.loss`):
 
-- "bpr" (the paper's, eq. 15): per positive (u, i), `num_negatives` items j drawn uniformly among the
+- "bpr" (the paper's, eq. 15): per positive (u, i), `bpr_negatives` items j drawn uniformly among the
   items u has NOT interacted with,
 
       L = -mean log sigmoid(y_ui - y_uj) + lambda * ||E^(0)_batch||^2 / B
 
   with the L2 term on the ego embeddings of the batch's users and items (PyG's `recommendation_loss`).
 - "softmax" (sampled softmax, Wu et al. 2023, "On the Effectiveness of Sampled Softmax Loss for Item
-  Recommendation"): cosine scores over a temperature tau, each positive against `num_negatives` items
-  drawn uniformly once per batch and shared by the whole batch (one matrix product),
+  Recommendation"): cosine scores c (or dot products, `cosine=False`) over a temperature tau, each
+  positive against `softmax_negatives` items drawn uniformly once per batch and shared by the whole batch
+  (one matrix product),
 
       L = -mean log( exp(c_ui / tau) / (exp(c_ui / tau) + sum_j exp(c_uj / tau)) ) + L2 as above.
 
-  A shared negative equal to the row's own positive is masked ("accidental hit"). It learns far more per
-  propagation than BPR, which is what matters on a CPU where one propagation costs ~0.3 s at Gowalla scale.
+  A shared negative equal to the row's own positive is masked ("accidental hit"); another positive of the
+  same user among them is left in, as in sampled-softmax practice (probability ~ degree / items). It learns
+  more per propagation than BPR, which matters on a CPU where one propagation costs ~0.2 s at Gowalla
+  scale. Measured on Gowalla (benchmarks/lightgcn_gowalla.py), cosine scores give the best Recall@20 per
+  minute and dot products the better NDCG@20; see BENCHMARKS.md.
 
 Model selection: every `eval_every` epochs the callback `evaluate(embeddings)` is called (validation
 NDCG@20 in `recserve train`); the best state is kept and training stops after `patience` evaluations
@@ -52,8 +56,10 @@ class LightGCNConfig(BaseModel):
         default="weight", description="adjacency values: 1 per edge, or the decayed event weight W(u, i)"
     )
     loss: Literal["bpr", "softmax"] = "softmax"
-    num_negatives: int = Field(default=1024, ge=1, description="bpr: per positive; softmax: shared per batch")
+    bpr_negatives: int = Field(default=1, ge=1, description="bpr: negatives per positive")
+    softmax_negatives: int = Field(default=256, ge=1, description="softmax: negatives shared by the batch")
     temperature: float = Field(default=0.1, gt=0, description="softmax only")
+    cosine: bool = Field(default=True, description="softmax only: cosine scores (else dot products)")
     batch_size: int = Field(default=16384, ge=1)
     lr: float = Field(default=5e-3, gt=0)
     lr_floor: float = Field(default=0.1, ge=0, le=1, description="cosine decay to lr * lr_floor over the run")
@@ -66,8 +72,9 @@ class LightGCNConfig(BaseModel):
     device: str = "cpu"
 
     @property
-    def cosine(self) -> bool:
-        return self.loss == "softmax"
+    def unit_vectors(self) -> bool:
+        """Whether the served embeddings are normalised (the model was trained on cosine scores)."""
+        return self.loss == "softmax" and self.cosine
 
 
 @dataclass
@@ -139,11 +146,13 @@ def bpr_loss(model: LightGCN, users_e: Tensor, items_e: Tensor, users: Tensor, p
 
 
 def softmax_loss(
-    model: LightGCN, users_e: Tensor, items_e: Tensor, users: Tensor, pos: Tensor, neg: Tensor, l2: float, tau: float
+    model: LightGCN, users_e: Tensor, items_e: Tensor, users: Tensor, pos: Tensor, neg: Tensor, l2: float, tau: float,
+    cosine: bool = True,
 ) -> Tensor:
-    u = F.normalize(users_e[users], dim=-1)
-    positive = (u * F.normalize(items_e[pos], dim=-1)).sum(-1, keepdim=True)
-    negative = u @ F.normalize(items_e[neg], dim=-1).T  # [B, M], shared negatives
+    unit = (lambda x: F.normalize(x, dim=-1)) if cosine else (lambda x: x)  # noqa: E731
+    u = unit(users_e[users])
+    positive = (u * unit(items_e[pos])).sum(-1, keepdim=True)
+    negative = u @ unit(items_e[neg]).T  # [B, M], shared negatives
     negative = negative.masked_fill(neg.unsqueeze(0) == pos.unsqueeze(1), float("-inf"))
     logits = torch.cat([positive, negative], dim=1) / tau
     loss = F.cross_entropy(logits, torch.zeros(len(users), dtype=torch.long, device=logits.device))
@@ -174,7 +183,7 @@ def train_lightgcn(
     num_edges = edge_index.size(1)
     steps_per_epoch = math.ceil(num_edges / config.batch_size)
 
-    result = TrainingResult(model, model.embeddings(adjacency, config.cosine), best_epoch=0)
+    result = TrainingResult(model, model.embeddings(adjacency, config.unit_vectors), best_epoch=0)
     best_metric, best_state, stale = -math.inf, None, 0
     progress = tqdm(range(1, epochs + 1), desc="lightgcn", unit="epoch", mininterval=2.0)
     for epoch in progress:
@@ -184,15 +193,15 @@ def train_lightgcn(
         for batch in torch.randperm(num_edges, generator=generator).split(config.batch_size):
             users, pos = edge_index[0, batch], edge_index[1, batch]
             if config.loss == "bpr":
-                neg = sampler.sample(users, config.num_negatives)
+                neg = sampler.sample(users, config.bpr_negatives)
             else:
-                neg = torch.randint(num_items, (config.num_negatives,), generator=generator)
+                neg = torch.randint(num_items, (config.softmax_negatives,), generator=generator)
             users, pos, neg = users.to(device), pos.to(device), neg.to(device)
             users_e, items_e = model(adjacency)
             if config.loss == "bpr":
                 loss = bpr_loss(model, users_e, items_e, users, pos, neg, config.l2)
             else:
-                loss = softmax_loss(model, users_e, items_e, users, pos, neg, config.l2, config.temperature)
+                loss = softmax_loss(model, users_e, items_e, users, pos, neg, config.l2, config.temperature, config.cosine)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
@@ -213,7 +222,7 @@ def train_lightgcn(
                 break
             continue
         model.eval()
-        embeddings = model.embeddings(adjacency, config.cosine)
+        embeddings = model.embeddings(adjacency, config.unit_vectors)
         metrics = evaluate(embeddings)
         result.history.append(Checkpoint(epoch, result.train_seconds, epoch_loss, metrics))
         log.info("epoch %d  loss %.4f  %s  (%.0f s training)", epoch, epoch_loss, _fmt(metrics), result.train_seconds)
@@ -236,7 +245,7 @@ def train_lightgcn(
     else:  # no evaluation: the last state is the result
         model.eval()
         result.best_epoch = result.epochs_run
-        result.embeddings = model.embeddings(adjacency, config.cosine)
+        result.embeddings = model.embeddings(adjacency, config.unit_vectors)
     return result
 
 

@@ -83,7 +83,7 @@ def demo_data() -> TrainingData:
 
 def test_bpr_training_lowers_the_loss(demo_data):
     graph = BipartiteGraph.from_events(demo_data.history, demo_data.items)
-    config = LightGCNConfig(loss="bpr", num_negatives=1, batch_size=2048, lr=0.01, max_epochs=8)
+    config = LightGCNConfig(loss="bpr", batch_size=2048, lr=0.01, max_epochs=8)
     result = train_lightgcn(graph.normalized_adjacency("weight"), graph.edge_index, graph.num_users, graph.num_items, config)
     losses = [c.loss for c in result.history]
     assert len(losses) == 8
@@ -120,7 +120,7 @@ def test_artifact_round_trips_to_the_same_scores(trained, demo_data):
     assert graph.user_ids == list(loaded.user_index) and graph.item_ids == loaded.items.item_ids
     model = LightGCN(graph.num_users, graph.num_items, config.embedding_dim, config.num_layers)
     model.load_state_dict(state["state_dict"])
-    rebuilt = model.embeddings(graph.normalized_adjacency(config.edge_values), cosine=config.cosine)
+    rebuilt = model.embeddings(graph.normalized_adjacency(config.edge_values), cosine=config.unit_vectors)
     users = torch.arange(graph.num_users)
     torch.testing.assert_close(rebuilt.scores(users), loaded.embeddings.scores(users))
 

@@ -1,0 +1,71 @@
+"""A real `recserve serve` in a subprocess, for the tests that talk to the Serve app over HTTP."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+import pytest
+import requests
+
+from stores.settings import Settings
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def serve_env(settings: Settings, metrics_port: int) -> dict[str, str]:
+    return {
+        **os.environ,
+        "DATABASE_URL": settings.database_url or "",
+        "RECSERVE_ARTIFACTS_DIR": str(settings.artifacts_dir),
+        "RECSERVE_STATE_DIR": str(settings.state_dir),
+        "RECSERVE_METRICS_PORT": str(metrics_port),
+    }
+
+
+@contextmanager
+def serving(settings: Settings, log_dir: Path, wait_for: str = "popularity") -> Iterator[tuple[str, int]]:
+    """(base URL, metrics port) of a service that has loaded `wait_for`; stopped (SIGTERM) afterwards."""
+    port, metrics_port = free_port(), free_port()
+    log = open(log_dir / "serve.log", "w")
+    process = subprocess.Popen(
+        [sys.executable, "-m", "pipelines.cli", "serve", "--namespace", settings.namespace, "--port", str(port)],
+        env=serve_env(settings, metrics_port), stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+    )
+    base = f"http://127.0.0.1:{port}"
+    try:
+        wait_until_loaded(base, process, log.name, wait_for)
+        yield base, metrics_port
+    finally:
+        process.send_signal(signal.SIGTERM)
+        try:
+            process.wait(60)
+        except subprocess.TimeoutExpired:
+            os.killpg(process.pid, signal.SIGKILL)  # our own process group only
+        log.close()
+
+
+def wait_until_loaded(base: str, process: subprocess.Popen, log_path: str, model: str, timeout: float = 240) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            pytest.fail(f"recserve serve exited with {process.returncode}:\n{open(log_path).read()[-3000:]}")
+        try:
+            health = requests.get(f"{base}/healthz", timeout=2)
+            if health.ok and model in health.json()["models_loaded"]:
+                return
+        except (requests.ConnectionError, requests.Timeout):
+            pass
+        time.sleep(1)
+    pytest.fail(f"service not ready after {timeout} s:\n{open(log_path).read()[-3000:]}")
