@@ -53,8 +53,8 @@ class IngressConfig(BaseModel):
     """Static ingress settings (app `args.ingress` in serve_config.yaml)."""
 
     namespace: str = "demo"
-    cascade: list[str] = Field(default_factory=lambda: ["popularity"], description="model stages, in order")
-    stage_timeout_ms: dict[str, float] = Field(default_factory=lambda: {"popularity": 250.0})
+    cascade: list[str] = Field(default_factory=lambda: ["lightgcn", "popularity"], description="model stages, in order")
+    stage_timeout_ms: dict[str, float] = Field(default_factory=lambda: {"lightgcn": 500.0, "popularity": 250.0})
     default_stage_timeout_ms: float = 300.0
     status_refresh_s: float = Field(default=5.0, description="how stale a model's loaded/version view may be")
     retry_after_s: int = Field(default=5, description="Retry-After sent with 503 when PostgreSQL is down")
