@@ -1,4 +1,4 @@
-"""/v1/recommend latency over HTTP: the real app (ingress -> popularity) next to a no-op app of the
+"""/v1/recommend latency over HTTP: the real app (ingress -> the cascade of serve_config.yaml: LightGCN, then popularity) next to a no-op app of the
 same topology, deployed on the same Serve instance and measured in the same run, interleaved.
 
     .venv/bin/python -m benchmarks.serving_latency [--namespace demo] [--requests 400]
@@ -93,7 +93,7 @@ def main() -> None:
         base = f"http://127.0.0.1:{args.port}"
         urls = {"recserve": f"{base}/v1/recommend", "no-op floor": f"{base}/noop/v1/recommend"}
         run(urls, bodies[:warmup], 1)  # warm-up: connections, replicas (users not measured after)
-        print(f"/v1/recommend, ingress -> popularity vs. no-op ingress -> 1 deployment; namespace {settings.namespace}; "
+        print(f"/v1/recommend, ingress -> cascade (first loaded model serves) vs. no-op ingress -> 1 deployment; namespace {settings.namespace}; "
               f"{args.requests} requests per app per row, interleaved, k=10, one distinct user per cold request; "
               "warm = the same requests repeated\n")
         print("| clients | caches | app | p50 ms | p99 ms | mean ms | p50 ratio | p99 ratio | hits |")
