@@ -2,11 +2,6 @@
 
 from __future__ import annotations
 
-import os
-import signal
-import socket
-import subprocess
-import sys
 import time
 import uuid
 
@@ -19,65 +14,29 @@ from pipelines.training import train_model
 from stores.event_store import EventStore
 from stores.postgres import Database
 from stores.settings import Settings
+from tests.serve_process import serving
 
 pytestmark = pytest.mark.serve
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.fixture(scope="module")
 def service(dsn, tmp_path_factory):
-    namespace = f"t_serve_{uuid.uuid4().hex[:8]}"
-    artifacts = tmp_path_factory.mktemp("artifacts")
-    settings = Settings(database_url=dsn, namespace=namespace, artifacts_dir=artifacts)
+    settings = Settings(
+        database_url=dsn,
+        namespace=f"t_serve_{uuid.uuid4().hex[:8]}",
+        artifacts_dir=tmp_path_factory.mktemp("artifacts"),
+        state_dir=tmp_path_factory.mktemp("state"),
+    )
     load_into_store("demo", settings, users=300, items=120, events=20_000, seed=3)
     train_model("popularity", settings)
-    port, metrics_port = free_port(), free_port()
-    env = {
-        **os.environ,
-        "DATABASE_URL": dsn,
-        "RECSERVE_ARTIFACTS_DIR": str(artifacts),
-        "RECSERVE_METRICS_PORT": str(metrics_port),
-    }
-    log = open(tmp_path_factory.mktemp("logs") / "serve.log", "w")
-    process = subprocess.Popen(
-        [sys.executable, "-m", "pipelines.cli", "serve", "--namespace", namespace, "--port", str(port)],
-        env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
-    )
-    base = f"http://127.0.0.1:{port}"
-    store = EventStore(Database(dsn, namespace))
+    store = EventStore(Database(dsn, settings.namespace))
     try:
-        wait_until_loaded(base, process, log.name)
-        yield base, store, metrics_port
+        with serving(settings, tmp_path_factory.mktemp("logs")) as (base, metrics_port):
+            yield base, store, metrics_port
     finally:
-        process.send_signal(signal.SIGTERM)
-        try:
-            process.wait(60)
-        except subprocess.TimeoutExpired:
-            os.killpg(process.pid, signal.SIGKILL)  # our own process group only
-        log.close()
         from stores.migrations import drop_namespace
 
         drop_namespace(store.db)
-
-
-def wait_until_loaded(base: str, process: subprocess.Popen, log_path: str, timeout: float = 240) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if process.poll() is not None:
-            pytest.fail(f"recserve serve exited with {process.returncode}:\n{open(log_path).read()[-3000:]}")
-        try:
-            health = requests.get(f"{base}/healthz", timeout=2)
-            if health.ok and "popularity" in health.json()["models_loaded"]:
-                return
-        except (requests.ConnectionError, requests.Timeout):
-            pass
-        time.sleep(1)
-    pytest.fail(f"service not ready after {timeout} s:\n{open(log_path).read()[-3000:]}")
 
 
 def post(base: str, path: str, body=None, **kwargs) -> requests.Response:
