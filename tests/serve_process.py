@@ -8,6 +8,7 @@ import socket
 import subprocess
 import sys
 import time
+import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -15,6 +16,8 @@ from pathlib import Path
 import pytest
 import requests
 
+from stores.event_store import EventStore
+from stores.postgres import Database
 from stores.settings import Settings
 
 
@@ -69,3 +72,23 @@ def wait_until_loaded(base: str, process: subprocess.Popen, log_path: str, model
             pass
         time.sleep(1)
     pytest.fail(f"service not ready after {timeout} s:\n{open(log_path).read()[-3000:]}")
+
+
+@contextmanager
+def demo_namespace(dsn: str, tmp_path_factory, prefix: str, seed: int) -> Iterator[tuple[Settings, EventStore]]:
+    """A small generated platform in a throwaway namespace with its own artifact and state folders."""
+    from pipelines.loading import load_into_store
+    from stores.migrations import drop_namespace
+
+    settings = Settings(
+        database_url=dsn,
+        namespace=f"{prefix}_{uuid.uuid4().hex[:8]}",
+        artifacts_dir=tmp_path_factory.mktemp("artifacts"),
+        state_dir=tmp_path_factory.mktemp("state"),
+    )
+    load_into_store("demo", settings, users=300, items=120, events=20_000, seed=seed)
+    store = EventStore(Database(dsn, settings.namespace))
+    try:
+        yield settings, store
+    finally:
+        drop_namespace(store.db)

@@ -11,13 +11,10 @@ import uuid
 import pytest
 import requests
 
-from pipelines.loading import load_into_store
 from pipelines.training import train_model
 from stores.artifacts import ArtifactStore
 from stores.event_store import EventStore
-from stores.postgres import Database
-from stores.settings import Settings
-from tests.serve_process import serve_env, serving
+from tests.serve_process import demo_namespace, serve_env, serving
 
 pytestmark = pytest.mark.serve
 
@@ -26,23 +23,11 @@ FAST = {"max_epochs": 6, "eval_every": 2, "batch_size": 4096}
 
 @pytest.fixture(scope="module")
 def service(dsn, tmp_path_factory):
-    settings = Settings(
-        database_url=dsn,
-        namespace=f"t_lgcn_{uuid.uuid4().hex[:8]}",
-        artifacts_dir=tmp_path_factory.mktemp("artifacts"),
-        state_dir=tmp_path_factory.mktemp("state"),
-    )
-    load_into_store("demo", settings, users=300, items=120, events=20_000, seed=4)
-    train_model("popularity", settings)
-    first = train_model("lightgcn", settings, FAST)
-    store = EventStore(Database(dsn, settings.namespace))
-    try:
+    with demo_namespace(dsn, tmp_path_factory, "t_lgcn", seed=4) as (settings, store):
+        train_model("popularity", settings)
+        first = train_model("lightgcn", settings, FAST)
         with serving(settings, tmp_path_factory.mktemp("logs"), wait_for="lightgcn") as (base, _):
             yield base, store, settings, first.version
-    finally:
-        from stores.migrations import drop_namespace
-
-        drop_namespace(store.db)
 
 
 def recommend(base: str, **body) -> dict:

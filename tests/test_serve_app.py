@@ -9,34 +9,18 @@ import pytest
 import requests
 
 from deployments.schemas import RecommendResponse, StatusResponse
-from pipelines.loading import load_into_store
 from pipelines.training import train_model
-from stores.event_store import EventStore
-from stores.postgres import Database
-from stores.settings import Settings
-from tests.serve_process import serving
+from tests.serve_process import demo_namespace, serving
 
 pytestmark = pytest.mark.serve
 
 
 @pytest.fixture(scope="module")
 def service(dsn, tmp_path_factory):
-    settings = Settings(
-        database_url=dsn,
-        namespace=f"t_serve_{uuid.uuid4().hex[:8]}",
-        artifacts_dir=tmp_path_factory.mktemp("artifacts"),
-        state_dir=tmp_path_factory.mktemp("state"),
-    )
-    load_into_store("demo", settings, users=300, items=120, events=20_000, seed=3)
-    train_model("popularity", settings)
-    store = EventStore(Database(dsn, settings.namespace))
-    try:
+    with demo_namespace(dsn, tmp_path_factory, "t_serve", seed=3) as (settings, store):
+        train_model("popularity", settings)
         with serving(settings, tmp_path_factory.mktemp("logs")) as (base, metrics_port):
             yield base, store, metrics_port
-    finally:
-        from stores.migrations import drop_namespace
-
-        drop_namespace(store.db)
 
 
 def post(base: str, path: str, body=None, **kwargs) -> requests.Response:
