@@ -16,9 +16,10 @@ from ray.serve import Application
 from deployments.ingress import Ingress, IngressConfig
 from deployments.lightgcn import LightGCNDeployment
 from deployments.popularity import PopularityDeployment
+from deployments.tgn import TGNDeployment
 from stores.settings import get_settings
 
-MODEL_DEPLOYMENTS = {"lightgcn": LightGCNDeployment, "popularity": PopularityDeployment}
+MODEL_DEPLOYMENTS = {"tgn": TGNDeployment, "lightgcn": LightGCNDeployment, "popularity": PopularityDeployment}
 
 
 class ModelPlacement(BaseModel):

@@ -19,6 +19,7 @@ from typing import Any, ClassVar, Generic, Literal, TypeVar
 from pydantic import BaseModel, ConfigDict, Field
 
 from deployments.metrics import ModelMetrics
+from models.sessions import session_key
 from stores.artifacts import ArtifactNotFound, ArtifactStore, Manifest
 
 log = logging.getLogger(__name__)
@@ -32,11 +33,19 @@ class Filters(BaseModel):
 
 class ModelQuery(BaseModel):
     user_id: str | None = None
+    session_id: str | None = None  # an anonymous visitor's tracked session
     session_items: list[str] = Field(default_factory=list)
     device: str | None = None
     k: int = 10
     exclude_ids: list[str] = Field(default_factory=list)
     filters: Filters = Field(default_factory=Filters)
+
+    @property
+    def session_key(self) -> str | None:
+        """The key TGN tracks this query's session under: user_id, else "session:<session_id>"."""
+        if self.user_id is None and self.session_id is None:
+            return None
+        return session_key(self.user_id, self.session_id)
 
 
 class Candidate(BaseModel):

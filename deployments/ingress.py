@@ -17,8 +17,9 @@ import time
 import uuid
 from collections import defaultdict
 from datetime import UTC, datetime
+from typing import Annotated, Any
 
-from fastapi import FastAPI, Request
+from fastapi import FastAPI, Path, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel, Field
@@ -38,10 +39,12 @@ from deployments.schemas import (
     RecommendedItem,
     RecommendRequest,
     RecommendResponse,
+    SessionResponse,
     StatusResponse,
     StoredEvent,
 )
 from fusion.cascade import Stage, run_cascade
+from models.sessions import session_key
 from stores.event_store import EventRow, EventStore
 from stores.postgres import UNAVAILABLE_ERRORS, Database
 from stores.settings import get_settings
@@ -53,8 +56,12 @@ class IngressConfig(BaseModel):
     """Static ingress settings (app `args.ingress` in serve_config.yaml)."""
 
     namespace: str = "demo"
-    cascade: list[str] = Field(default_factory=lambda: ["lightgcn", "popularity"], description="model stages, in order")
-    stage_timeout_ms: dict[str, float] = Field(default_factory=lambda: {"lightgcn": 500.0, "popularity": 250.0})
+    cascade: list[str] = Field(
+        default_factory=lambda: ["tgn", "lightgcn", "popularity"], description="model stages, in order"
+    )
+    stage_timeout_ms: dict[str, float] = Field(
+        default_factory=lambda: {"tgn": 500.0, "lightgcn": 500.0, "popularity": 250.0}
+    )
     default_stage_timeout_ms: float = 300.0
     status_refresh_s: float = Field(default=5.0, description="how stale a model's loaded/version view may be")
     retry_after_s: int = Field(default=5, description="Retry-After sent with 503 when PostgreSQL is down")
@@ -69,6 +76,10 @@ class IngressConfig(BaseModel):
         default=30.0, ge=0, description="how long a user's answer to an identical request is reused; 0 turns it off"
     )
     result_cache_users: int = Field(default=10_000, ge=0, description="users whose answers are cached (LRU beyond)")
+    observe_timeout_ms: float = Field(
+        default=2000.0, gt=0, description="how long /v1/interactions waits for TGN to apply the stored events"
+    )
+    session_timeout_ms: float = Field(default=2000.0, gt=0, description="how long /v1/sessions waits for TGN")
 
 
 api = FastAPI(
@@ -107,6 +118,9 @@ def _too_large(limit: int) -> JSONResponse:
 
 api.add_middleware(BodySizeLimit, max_bytes=get_settings().max_body_bytes)
 
+UserIdPath = Annotated[str, Path(min_length=1, max_length=128)]
+SessionIdPath = Annotated[str, Path(min_length=1, max_length=128)]
+
 
 @api.exception_handler(RequestValidationError)
 async def _validation_error(request: Request, exc: RequestValidationError) -> JSONResponse:
@@ -115,6 +129,19 @@ async def _validation_error(request: Request, exc: RequestValidationError) -> JS
     messages = "; ".join(f"{f}: {e['msg']}" for f, e in zip(fields, exc.errors()))
     detail = [{k: e[k] for k in ("loc", "msg", "type") if k in e} for e in exc.errors()]
     return JSONResponse(ErrorResponse(error=messages, fields=fields, detail=detail).model_dump(), status_code=422)
+
+
+def _unavailable(message: str, retry_after_s: int) -> JSONResponse:
+    error = ErrorResponse(error=message)
+    return JSONResponse(error.model_dump(), status_code=503, headers={"Retry-After": str(retry_after_s)})
+
+
+def _no_sessions() -> JSONResponse:
+    error = ErrorResponse(error="sessions need the tgn model, which is not deployed")
+    return JSONResponse(error.model_dump(), status_code=404)
+
+
+_SESSION_ERRORS = {404: {"model": ErrorResponse}, 503: {"model": ErrorResponse}}
 
 
 def _enrichment(meta: ItemMeta | None) -> dict:
@@ -194,9 +221,11 @@ class Ingress:
             seen, complete = await self._seen_items(request.user_id, arm)
             exclude += seen
         needed = request.offset + request.k
+        session_items, unknown_session_items = await self._known_session_items(request.session_items, arm)
         query = ModelQuery(
             user_id=request.user_id,
-            session_items=request.session_items,
+            session_id=request.session_id,
+            session_items=session_items,
             device=request.context.device,
             k=needed,
             exclude_ids=exclude,
@@ -221,6 +250,7 @@ class Ingress:
             items=items,
             models_tried=result.attempts,
             model_versions={name: status.version for name, status in statuses.items()},
+            unknown_session_items=unknown_session_items,
         )
         complete = (
             complete
@@ -228,6 +258,15 @@ class Ingress:
             and len(catalog.value) == len({c.item_id for c in page})
         )
         return response, complete
+
+    async def _known_session_items(self, session_items: list[str], arm: str) -> tuple[list[str], list[str]]:
+        """(the session items in the catalogue, in order; the others, once each)."""
+        if not session_items or not self.catalog.loaded:
+            return session_items, []  # no catalogue to judge by (PostgreSQL down since start): keep them all
+        catalog = await self.catalog.lookup(session_items)
+        self.metrics.count_cache("catalog", arm, hits=catalog.hits, misses=catalog.misses)
+        unknown = [item_id for item_id in dict.fromkeys(session_items) if item_id not in catalog.value]
+        return [item_id for item_id in session_items if item_id in catalog.value], unknown
 
     def _count_request(self, strategy: str, arm: str, items: list[RecommendedItem]) -> None:
         for source in {i.source for i in items} or {"none"}:
@@ -264,18 +303,18 @@ class Ingress:
             stored = await asyncio.to_thread(self.store.insert_events, rows)
         except UNAVAILABLE_ERRORS:
             self.metrics.events_rejected.inc(len(rows), tags={"reason": "database_unavailable"})
-            error = ErrorResponse(error="the event store is unavailable; nothing was stored, retry later")
-            return JSONResponse(
-                error.model_dump(), status_code=503, headers={"Retry-After": str(self.config.retry_after_s)}
-            )
+            error = "the event store is unavailable; nothing was stored, retry later"
+            return _unavailable(error, self.config.retry_after_s)
         items_by_user: dict[str, set[str]] = defaultdict(set)
         for event, result in zip(events, stored):
             if not result.duplicate:
                 self.metrics.events_ingested.inc(tags={"event_type": event.event_type.value})
             if event.user_id is not None:
                 items_by_user[event.user_id].add(event.item_id)
-        # Stored, so now (not before) the user's caches change: their new items count as seen and
-        # their cached answers go. A recommendation in flight for them is not cached either.
+        memory_updated = await self._observe([r.event_id for r in stored if not r.duplicate])
+        # Stored and handed to TGN, so now (not before) the user's caches change: their new items
+        # count as seen and their cached answers go. A recommendation in flight for them (which may
+        # predate TGN's update) is not cached either.
         for user_id, item_ids in items_by_user.items():
             self.seen.add(user_id, item_ids)
             self.results.invalidate(user_id)
@@ -284,7 +323,82 @@ class Ingress:
             accepted=len(stored) - duplicates,
             duplicates=duplicates,
             events=[StoredEvent(event_id=r.event_id, duplicate=r.duplicate) for r in stored],
+            memory_updated=memory_updated,
         )
+
+    async def _observe(self, event_ids: list[int]) -> bool:
+        """Hand newly stored events to TGN's live memory; returns whether it applied them.
+
+        Best effort: the events are stored whatever happens here, and TGN follows the event store,
+        so a failure only delays the update.
+        """
+        if "tgn" not in self.models or not event_ids:
+            return False
+        return await self._tgn_update("observe", event_ids, self.config.observe_timeout_ms) is True
+
+    async def _tgn_update(self, call: str, argument: Any, timeout_ms: float) -> Any:
+        """Send TGN a live update (its method `call`) under a timeout: its answer, None when it failed."""
+        try:
+            answer = await asyncio.wait_for(getattr(self.models["tgn"], call).remote(argument), timeout_ms / 1000)
+        except TimeoutError:
+            log.warning("tgn %s timed out after %.0f ms", call, timeout_ms)
+            outcome, answer = "timeout", None
+        except Exception:  # noqa: BLE001 - what was stored stays stored; TGN catches up from PostgreSQL
+            log.exception("tgn %s failed", call)
+            outcome, answer = "error", None
+        else:
+            outcome = "applied" if answer else "not_applied"  # observe answers False while it waits
+        self.metrics.tgn_updates.inc(tags={"call": call, "outcome": outcome})
+        return answer
+
+    # -- sessions --------------------------------------------------------------------------------
+    @api.get("/v1/sessions/{user_id}", response_model=SessionResponse, responses=_SESSION_ERRORS)
+    async def user_session(self, user_id: UserIdPath) -> SessionResponse | JSONResponse:
+        """The user's current session (TGN)."""
+        return await self._session(user_id, None)
+
+    @api.delete("/v1/sessions/{user_id}", response_model=SessionResponse, responses=_SESSION_ERRORS)
+    async def end_user_session(self, user_id: UserIdPath) -> SessionResponse | JSONResponse:
+        """End the user's session now: later recommendations no longer use it."""
+        return await self._end_session(user_id, None)
+
+    @api.get("/v1/sessions/anonymous/{session_id}", response_model=SessionResponse, responses=_SESSION_ERRORS)
+    async def anonymous_session(self, session_id: SessionIdPath) -> SessionResponse | JSONResponse:
+        """An anonymous visitor's session (their interactions' session_id)."""
+        return await self._session(None, session_id)
+
+    @api.delete("/v1/sessions/anonymous/{session_id}", response_model=SessionResponse, responses=_SESSION_ERRORS)
+    async def end_anonymous_session(self, session_id: SessionIdPath) -> SessionResponse | JSONResponse:
+        """End an anonymous visitor's session now."""
+        return await self._end_session(None, session_id)
+
+    async def _session(self, user_id: str | None, session_id: str | None) -> SessionResponse | JSONResponse:
+        if "tgn" not in self.models:
+            return _no_sessions()
+        key = session_key(user_id, session_id)
+        try:
+            return await asyncio.wait_for(self.models["tgn"].session.remote(key), self.config.session_timeout_ms / 1000)
+        except Exception:  # noqa: BLE001 - a timeout too: only TGN holds the session state
+            log.exception("tgn session(%r) failed", key)
+            return _unavailable("the tgn model did not answer, retry later", self.config.retry_after_s)
+
+    async def _end_session(self, user_id: str | None, session_id: str | None) -> SessionResponse | JSONResponse:
+        if "tgn" not in self.models:
+            return _no_sessions()
+        key = session_key(user_id, session_id)
+        # Stored first, so every TGN replica (and any restarted one) applies the end too.
+        try:
+            await asyncio.to_thread(self.store.end_session, key)
+        except UNAVAILABLE_ERRORS:
+            error = "the event store is unavailable; the session was not ended, retry later"
+            return _unavailable(error, self.config.retry_after_s)
+        ended = await self._tgn_update("end_session", key, self.config.session_timeout_ms)
+        if user_id is not None:  # anonymous answers are not cached
+            self.results.invalidate(user_id)
+        if ended is not None:
+            return ended
+        # The end is stored, so it stands without TGN's answer: the session is over and holds nothing.
+        return SessionResponse(key=key, user_id=user_id, session_id=session_id, active=False)
 
     # -- service ---------------------------------------------------------------------------------
     @api.get("/v1/status", response_model=StatusResponse)

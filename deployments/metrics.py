@@ -45,6 +45,14 @@ class IngressMetrics:
         self.events_rejected = Counter(
             "recserve_events_rejected", description="Events refused, by reason.", tag_keys=("reason",)
         )
+        # call: "observe" (stored events into TGN's live memory) or "end_session"; outcome: "applied",
+        # "not_applied" (TGN answered that it has not got them yet), "error" or "timeout". What was
+        # not applied is stored all the same, and TGN catches up from PostgreSQL.
+        self.tgn_updates = Counter(
+            "recserve_tgn_updates",
+            description="Live updates the ingress sent to TGN, by call and outcome.",
+            tag_keys=("call", "outcome"),
+        )
 
     def count_cache(self, cache: str, arm: str, hits: int, misses: int) -> None:
         tags = {"cache": cache, "arm": arm}

@@ -17,6 +17,7 @@ from pydantic import (
 )
 
 from deployments.contract import Filters, ModelStatus, StageAttempt
+from models.sessions import SessionState
 from stores.frames import EventType
 
 MAX_K = 100
@@ -43,6 +44,11 @@ class RequestContext(Strict):
 
 class RecommendRequest(Strict):
     user_id: Id | None = Field(default=None, description="known or new user; omit for an anonymous visitor")
+    session_id: Id | None = Field(
+        default=None,
+        description="an anonymous visitor's tracked session (the session_id of their interactions); "
+        "with a user_id, that user's session is used",
+    )
     session_items: list[Id] = Field(default_factory=list, max_length=50, description="anonymous session, oldest first")
     k: int = Field(default=10, ge=1, le=MAX_K)
     offset: int = Field(default=0, ge=0, le=1000, description="skip this many results (paging)")
@@ -72,6 +78,9 @@ class RecommendResponse(BaseModel):
     model_versions: dict[str, str | None]
     cached: bool = Field(
         default=False, description="served from the per-user result cache (items as first computed, within its TTL)"
+    )
+    unknown_session_items: list[str] = Field(
+        default_factory=list, description="session_items that are not in the catalogue; the models did not see them"
     )
 
 
@@ -141,6 +150,15 @@ class InteractionsResponse(BaseModel):
     accepted: int = Field(description="events stored by this call")
     duplicates: int = Field(description="events whose idempotency_key was already stored")
     events: list[StoredEvent]
+    memory_updated: bool = Field(
+        default=False,
+        description="TGN applied this call's new events to its live memory and sessions; when false, it "
+        "catches up from the event store instead",
+    )
+
+
+# GET/DELETE /v1/sessions/...: the TGN deployment's session state, as it reports it.
+SessionResponse = SessionState
 
 
 class StatusResponse(BaseModel):

@@ -39,19 +39,21 @@ class TrainingData:
     users: pd.DataFrame
     split: TemporalSplit
     split_name: str
+    through_event_id: int = 0  # every stored event up to this id is in `events` (where the log stood)
 
     @classmethod
     def load(cls, settings: Settings) -> TrainingData:
         store = EventStore(Database.from_settings(settings))
         started = time.perf_counter()
-        events, items, users = store.events_frame(), store.items_frame(), store.users_frame()
+        through = store.max_event_id()
+        events, items, users = store.events_frame(through_event_id=through), store.items_frame(), store.users_frame()
         if events.empty:
             raise RuntimeError(f"namespace {settings.namespace!r} has no events; run `recserve load` first")
         preset = store.preset_split()
         split = preset_split(events, preset) if preset else temporal_split(events)
         name = preset.description if preset else "temporal 70/10/20"
         log.info("read %d events, %d items in %.1f s; split: %s", len(events), len(items), time.perf_counter() - started, name)
-        return cls(events, items, users, split, name)
+        return cls(events, items, users, split, name, through)
 
     @property
     def history(self) -> pd.DataFrame:

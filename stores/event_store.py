@@ -39,6 +39,30 @@ class EventRow(NamedTuple):
     idempotency_key: str | None
 
 
+class StoredEventRow(NamedTuple):
+    """One stored event: its event_id and the EventRow fields a model reads."""
+
+    event_id: int
+    user_id: str | None
+    item_id: str
+    session_id: str | None
+    event_type: str
+    value: float | None
+    device: str | None
+    ts: datetime
+
+
+STORED_EVENT_COLUMNS = ", ".join(StoredEventRow._fields)
+
+
+class SessionEnd(NamedTuple):
+    """A session ended explicitly: events of `session_key` at or before `ended_at` no longer count."""
+
+    end_id: int
+    session_key: str  # user_id, or "session:<session_id>" (graph_builders.edge_weights.interaction_key)
+    ended_at: datetime
+
+
 @dataclass(frozen=True)
 class InsertResult:
     event_id: int
@@ -117,7 +141,8 @@ class EventStore:
         try:
             with self.db.connection() as conn, conn.cursor() as cur:
                 if replace:
-                    cur.execute("TRUNCATE events, items, users, dataset_meta RESTART IDENTITY")
+                    # Session ends go too: they would end sessions of the new events.
+                    cur.execute("TRUNCATE events, items, users, dataset_meta, session_ends RESTART IDENTITY")
                 else:
                     cur.execute("SELECT EXISTS (SELECT 1 FROM events)")
                     if cur.fetchone()[0]:
@@ -202,10 +227,25 @@ class EventStore:
                 results.append(InsertResult(existing.get(key) or new_by_key[key], duplicate=True))
         return results
 
+    def end_session(self, session_key: str) -> SessionEnd:
+        """Record that a session ended now (the database's clock, shared by every replica)."""
+        with self.db.cursor() as cur:
+            cur.execute(
+                "INSERT INTO session_ends (session_key) VALUES (%s) RETURNING end_id, session_key, ended_at",
+                (session_key,),
+            )
+            return SessionEnd(*cur.fetchone())
+
     # -- reads ---------------------------------------------------------------------------------
-    def events_frame(self, start: datetime | None = None, end: datetime | None = None) -> pd.DataFrame:
-        """Events with start <= ts < end, in time order (ties by event_id), as an EVENT_COLUMNS frame."""
+    def events_frame(
+        self, start: datetime | None = None, end: datetime | None = None, through_event_id: int | None = None
+    ) -> pd.DataFrame:
+        """Events with start <= ts < end (and event_id <= through_event_id), in time order (ties by
+        event_id), as an EVENT_COLUMNS frame."""
         where, params = [], []
+        if through_event_id is not None:
+            where.append("event_id <= %s")
+            params.append(through_event_id)
         if start is not None:
             where.append("ts >= %s")
             params.append(start)
@@ -264,6 +304,47 @@ class EventStore:
                 "SELECT item_id, title, provider, category, badges FROM items WHERE item_id = ANY(%s)", (ids,)
             )
             return {r[0]: {"title": r[1], "provider": r[2], "category": r[3], "badges": r[4]} for r in cur.fetchall()}
+
+    def events_after(self, event_id: int, also: Sequence[int] = (), limit: int = 10_000) -> list[StoredEventRow]:
+        """Events with an id above `event_id`, or in `also`, by event_id: a live follower's next batch.
+
+        `also` names ids the caller still waits on: a bigserial id is taken at insert, so a lower id
+        can commit after a higher one was already read.
+        """
+        with self.db.cursor() as cur:
+            cur.execute(
+                f"SELECT {STORED_EVENT_COLUMNS} FROM events WHERE event_id > %s OR event_id = ANY(%s::bigint[]) "
+                "ORDER BY event_id LIMIT %s",
+                (event_id, list(also), limit),
+            )
+            return [StoredEventRow(*r) for r in cur.fetchall()]
+
+    def recent_events(self, since: datetime) -> list[StoredEventRow]:
+        """Events with ts >= since, by event_id (e.g. the last session timeout's worth, at start)."""
+        with self.db.cursor() as cur:
+            cur.execute(f"SELECT {STORED_EVENT_COLUMNS} FROM events WHERE ts >= %s ORDER BY event_id", (since,))
+            return [StoredEventRow(*r) for r in cur.fetchall()]
+
+    def max_event_id(self) -> int:
+        """The highest stored event_id; 0 when there are no events."""
+        with self.db.cursor() as cur:
+            cur.execute("SELECT coalesce(max(event_id), 0) FROM events")
+            return cur.fetchone()[0]
+
+    def session_ends_after(self, end_id: int) -> list[SessionEnd]:
+        with self.db.cursor() as cur:
+            cur.execute(
+                "SELECT end_id, session_key, ended_at FROM session_ends WHERE end_id > %s ORDER BY end_id", (end_id,)
+            )
+            return [SessionEnd(*r) for r in cur.fetchall()]
+
+    def session_ends_since(self, since: datetime) -> list[SessionEnd]:
+        with self.db.cursor() as cur:
+            cur.execute(
+                "SELECT end_id, session_key, ended_at FROM session_ends WHERE ended_at >= %s ORDER BY end_id",
+                (since,),
+            )
+            return [SessionEnd(*r) for r in cur.fetchall()]
 
     def counts(self) -> dict[str, int]:
         with self.db.cursor() as cur:

@@ -3,7 +3,7 @@ from datetime import UTC, datetime, timedelta
 import pandas as pd
 import pytest
 
-from stores.event_store import EventRow, EventStore, LoadError
+from stores.event_store import EventRow, EventStore, LoadError, SessionEnd, StoredEventRow
 from stores.frames import EVENT_COLUMNS, ITEM_COLUMNS, USER_COLUMNS, Dataset, PresetSplit
 from stores.migrations import discover, migrate
 
@@ -107,3 +107,51 @@ def test_seen_items_newest_first(db):
     store.load_dataset(tiny_dataset(), progress=False)
     assert store.seen_items("u1") == ["i2", "i1"]
     assert store.items_by_id(["i1", "nope"])["i1"]["provider"] == "Studio A"
+
+
+def test_events_after_follows_the_log_and_picks_up_late_commits(db):
+    store = EventStore(db)
+    assert store.max_event_id() == 0 and store.events_after(0) == []
+    ts = datetime(2026, 1, 2, tzinfo=UTC)
+    rows = [EventRow("u1", f"i{n}", None, "click", None, "web", ts + timedelta(seconds=n), None) for n in range(4)]
+    ids = [r.event_id for r in store.insert_events(rows)]
+    assert store.max_event_id() == ids[-1]
+    after = store.events_after(ids[1])
+    assert [e.event_id for e in after] == ids[2:]
+    assert after[0] == StoredEventRow(ids[2], "u1", "i2", None, "click", None, "web", ts + timedelta(seconds=2))
+    # An id the caller still waits on comes back too, in event_id order, without repeating one above the cursor.
+    assert [e.event_id for e in store.events_after(ids[2], also=[ids[0], ids[3]])] == [ids[0], ids[3]]
+    assert [e.event_id for e in store.events_after(0, limit=2)] == ids[:2]
+
+
+def test_recent_events_by_time_in_id_order(db):
+    store = EventStore(db)
+    ts = datetime(2026, 1, 2, tzinfo=UTC)
+    late = EventRow(None, "i1", "s1", "play", 12.5, None, ts, None)  # stored first, happened last
+    early = EventRow("u1", "i2", None, "click", None, None, ts - timedelta(hours=1), None)
+    older = EventRow("u1", "i3", None, "click", None, None, ts - timedelta(days=1), None)
+    ids = [r.event_id for r in store.insert_events([late, early, older])]
+    recent = store.recent_events(ts - timedelta(hours=1))
+    assert [e.event_id for e in recent] == ids[:2]
+    assert (recent[0].session_id, recent[0].value) == ("s1", 12.5)
+
+
+def test_session_ends_are_recorded_and_read_back(db):
+    store = EventStore(db)
+    assert store.session_ends_after(0) == []
+    first = store.end_session("u1")
+    second = store.end_session("session:s9")
+    assert isinstance(first, SessionEnd) and first.session_key == "u1" and first.ended_at.tzinfo is not None
+    assert second.end_id > first.end_id and second.ended_at >= first.ended_at
+    assert store.session_ends_after(0) == [first, second]
+    assert store.session_ends_after(first.end_id) == [second]
+    assert store.session_ends_since(second.ended_at) == [e for e in (first, second) if e.ended_at >= second.ended_at]
+    assert store.session_ends_since(second.ended_at + timedelta(seconds=1)) == []
+
+
+def test_replace_clears_session_ends(db):
+    store = EventStore(db)
+    store.load_dataset(tiny_dataset(), progress=False)
+    store.end_session("u1")
+    store.load_dataset(tiny_dataset(), replace=True, progress=False)
+    assert store.session_ends_after(0) == []
