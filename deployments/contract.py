@@ -36,6 +36,7 @@ class ModelQuery(BaseModel):
     session_id: str | None = None  # an anonymous visitor's tracked session
     session_items: list[str] = Field(default_factory=list)
     device: str | None = None
+    time: datetime | None = Field(default=None, description="when the request is made (default: now)")
     k: int = 10
     exclude_ids: list[str] = Field(default_factory=list)
     filters: Filters = Field(default_factory=Filters)

@@ -227,6 +227,7 @@ class Ingress:
             session_id=request.session_id,
             session_items=session_items,
             device=request.context.device,
+            time=request.context.time,
             k=needed,
             exclude_ids=exclude,
             filters=request.filters,

@@ -173,9 +173,11 @@ class LiveTGN:
             self._item_vectors = self.model.item_vectors()
         return self._item_vectors
 
-    def query_vector(self, query: ModelQuery, now: datetime) -> tuple[torch.Tensor, str] | None:
+    def query_vector(self, query: ModelQuery, now: datetime, at: datetime) -> tuple[torch.Tensor, str] | None:
+        """The query's vector at time `at` (the request's context time, else now) and why; None when the
+        model has nothing to go on: no active session at `now` and no known session items."""
         key = query.session_key
-        query_t = torch.tensor([_seconds(now)])
+        query_t = torch.tensor([_seconds(at)])
         if key is not None and key in self.nodes and self.sessions.active(key, now):
             return self.model.user_queries(torch.tensor([self.nodes[key]]), query_t), "follows your current session"
         known = self.items.indices(query.session_items)
@@ -187,8 +189,8 @@ class LiveTGN:
         return None
 
     @torch.no_grad()
-    def rank(self, query: ModelQuery, now: datetime) -> list[Candidate]:
-        found = self.query_vector(query, now)
+    def rank(self, query: ModelQuery, now: datetime, at: datetime | None = None) -> list[Candidate]:
+        found = self.query_vector(query, now, at or now)
         if found is None:
             return []
         vector, reason = found
@@ -251,7 +253,8 @@ class TGNDeployment(ArtifactModel[LiveTGN]):
         if live is None:
             return []
         await self.catch_up(live)
-        return live.rank(query, datetime.now(UTC))
+        now = datetime.now(UTC)
+        return live.rank(query, now, query.time.astimezone(UTC) if query.time is not None else now)
 
     async def observe(self, event_ids: list[int]) -> bool:
         """Catch up with the log; True when all of `event_ids` are applied."""

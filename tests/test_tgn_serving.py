@@ -123,7 +123,9 @@ def test_duplicate_events_are_applied_once(service):
 def test_a_restarted_service_rebuilds_sessions_and_memory_from_postgres(running):
     service, store = running
     user = f"u-{uuid.uuid4().hex[:8]}"
-    query = {"user_id": user, "k": 10, "filters": {"exclude_seen": False}}
+    # A fixed request time: the attention reads each interaction's age at that time.
+    at = (datetime.now(UTC) + timedelta(seconds=5)).isoformat()
+    query = {"user_id": user, "k": 10, "filters": {"exclude_seen": False}, "context": {"time": at}}
     post(service.base, "/v1/interactions", clicks(user, items_of(store, 4)), status=201)
     session = requests.get(f"{service.base}/v1/sessions/{user}", timeout=10).json()
     before = post(service.base, "/v1/recommend", query)
@@ -133,3 +135,4 @@ def test_a_restarted_service_rebuilds_sessions_and_memory_from_postgres(running)
     after = post(service.base, "/v1/recommend", query)
     assert {i["source"] for i in after["items"]} == {"tgn"}
     assert [i["item_id"] for i in after["items"]] == [i["item_id"] for i in before["items"]]
+    assert [i["score"] for i in after["items"]] == pytest.approx([i["score"] for i in before["items"]], rel=1e-4)
