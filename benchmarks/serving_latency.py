@@ -34,21 +34,21 @@ def percentiles(samples: list[float]) -> tuple[float, float]:
     return float(np.percentile(samples, 50)), float(np.percentile(samples, 99))
 
 
-def timed_post(session: requests.Session, url: str, body: dict) -> tuple[float, bool]:
-    """(milliseconds, whether the answer came from the result cache)."""
+def timed_post(session: requests.Session, url: str, body: dict, flag: str = "cached") -> tuple[float, bool]:
+    """(milliseconds, the answer's boolean field `flag`, e.g. whether it came from the result cache)."""
     started = time.perf_counter()
     response = session.post(url, json=body, timeout=30)
     elapsed = (time.perf_counter() - started) * 1000
     response.raise_for_status()
-    return elapsed, bool(response.json().get("cached", False))
+    return elapsed, bool(response.json().get(flag, False))
 
 
-def run(
-    urls: dict[str, str], bodies: list[dict], clients: int, prime: str | None = None
+def timed_run(
+    urls: dict[str, str], bodies: list[dict], clients: int, prime: str | None = None, flag: str = "cached"
 ) -> tuple[dict[str, list[float]], dict[str, list[bool]]]:
     """One request per body and app; alternate the apps request by request so that machine noise
     hits both alike. `prime`: an app sent each body once, untimed, just before (so that its cache
-    holds the answer however slow the machine is). Returns latencies and cached flags per app."""
+    holds the answer however slow the machine is). Returns latencies and `flag` values per app."""
     samples: dict[str, list[float]] = {name: [] for name in urls}
     cached: dict[str, list[bool]] = {name: [] for name in urls}
     sessions = [requests.Session() for _ in range(clients)]
@@ -56,9 +56,9 @@ def run(
     def client(worker: int) -> None:
         for n in range(worker, len(bodies), clients):
             if prime is not None:
-                timed_post(sessions[worker], urls[prime], bodies[n])
+                timed_post(sessions[worker], urls[prime], bodies[n], flag)
             for name, url in urls.items():
-                elapsed, hit = timed_post(sessions[worker], url, bodies[n])
+                elapsed, hit = timed_post(sessions[worker], url, bodies[n], flag)
                 samples[name].append(elapsed)
                 cached[name].append(hit)
 
@@ -92,7 +92,7 @@ def main() -> None:
         serve.run(noop_app, name="noop", route_prefix="/noop")
         base = f"http://127.0.0.1:{args.port}"
         urls = {"recserve": f"{base}/v1/recommend", "no-op floor": f"{base}/noop/v1/recommend"}
-        run(urls, bodies[:warmup], 1)  # warm-up: connections, replicas (users not measured after)
+        timed_run(urls, bodies[:warmup], 1)  # warm-up: connections, replicas (users not measured after)
         print(f"/v1/recommend, ingress -> cascade (first loaded model serves) vs. no-op ingress -> 1 deployment; namespace {settings.namespace}; "
               f"{args.requests} requests per app per row, interleaved, k=10, one distinct user per cold request; "
               "warm = the same requests repeated\n")
@@ -101,7 +101,7 @@ def main() -> None:
         for row, clients in enumerate(rows):
             fresh = bodies[warmup + row * args.requests : warmup + (row + 1) * args.requests]
             for phase in ("cold", "warm"):
-                samples, cached = run(urls, fresh, clients, prime="recserve" if phase == "warm" else None)
+                samples, cached = timed_run(urls, fresh, clients, prime="recserve" if phase == "warm" else None)
                 floor50, floor99 = percentiles(samples["no-op floor"])
                 for name, values in samples.items():
                     p50, p99 = percentiles(values)

@@ -35,12 +35,13 @@ class YoochooseSessions:
         return len(self.item_ids)
 
 
-def yoochoose_sessions(data_dir: Path = DEFAULT_DATA_DIR) -> YoochooseSessions:
+def yoochoose_sessions(data_dir: Path = DEFAULT_DATA_DIR, part: str = "full") -> YoochooseSessions:
     """Clicks before the split time are train, the rest test (every test click is later than every train
     click in this sample). As in session-rec's preprocessing, test clicks on items absent from train are
-    dropped, then test sessions with fewer than 2 clicks left."""
+    dropped, then test sessions with fewer than 2 clicks left. part="validation": session-rec's tuning split
+    (train_tr / train_valid), with train_valid in the test role."""
     started = time.perf_counter()
-    dataset = read_yoochoose(Path(data_dir), part="full")
+    dataset = read_yoochoose(Path(data_dir), part=part)
     events = dataset.events
     test_from = pd.Timestamp(dataset.preset_split.test_from)
     is_test = (events["ts"] >= test_from).to_numpy()
@@ -64,7 +65,7 @@ def yoochoose_sessions(data_dir: Path = DEFAULT_DATA_DIR) -> YoochooseSessions:
         cases=next_item_cases(test_sessions),
         test_from=test_from,
     )
-    print(f"yoochoose-100k: {len(train_sessions):,} train sessions, {len(test_sessions):,} test sessions, "
+    print(f"yoochoose-100k ({part}): {len(train_sessions):,} train sessions, {len(test_sessions):,} test sessions, "
           f"{data.num_items:,} items, {len(data.cases):,} next-item cases "
           f"({time.perf_counter() - started:.1f} s to build)", flush=True)
     return data

@@ -25,15 +25,16 @@ from collections.abc import Callable
 from typing import Any
 
 import torch
+from torch_geometric.data import TemporalData
 
 from benchmarks.yoochoose_data import DEFAULT_DATA_DIR, ROOT, YoochooseSessions, yoochoose_sessions
+from graph_builders.edge_weights import EdgeWeights, interaction_key
 from models.cooccurrence import ItemCooccurrence
 from models.next_item import evaluate_next_item
 from models.session_knn import SessionKNN, flatten_sessions
-from models.next_item import NextItemAccumulator
-from models.tgn_training import TGNConfig, replay, train_tgn
-from graph_builders.edge_weights import EdgeWeights, interaction_key
-from pipelines.tgn import tgn_stream
+from models.tgn import TGNRecommender
+from models.tgn_training import TGNConfig, train_tgn
+from pipelines.tgn import SESSION_GAP_S, CaseLog, stream_metrics, tgn_stream
 
 Fit = Callable[[YoochooseSessions], Any]
 Score = Callable[[Any, list[list[int]]], torch.Tensor]
@@ -72,24 +73,41 @@ def run(data: YoochooseSessions, methods: dict[str, tuple[Fit, Score]]) -> dict[
     return results
 
 
-def run_tgn(data: YoochooseSessions, config: TGNConfig) -> dict[str, float]:
+def tgn_streams(data: YoochooseSessions) -> tuple[TemporalData, TemporalData, int]:
+    """(train stream, test stream, user nodes): one node per session, clicks on train items only."""
     events = data.events[data.events["item_id"].isin(data.item_index)]
     keys = interaction_key(events).astype(str).unique().tolist()
     nodes = {key: data.num_items + i for i, key in enumerate(keys)}
     is_test = events["session_id"].isin(set(data.events.loc[data.events["ts"] >= data.test_from, "session_id"]))
     train, test = (tgn_stream(part, nodes, data.item_index, EdgeWeights()) for part in (events[~is_test], events[is_test]))
+    return train, test, len(nodes)
+
+
+def tgn_metrics(model: TGNRecommender, data: YoochooseSessions, test: TemporalData, batch_size: int) -> dict[str, float]:
+    cases = CaseLog(SESSION_GAP_S).feed(test)  # every test session is a new node: a case is position >= 1
+    if int(cases.mask.sum()) != len(data.cases):
+        raise RuntimeError(f"TGN streams {int(cases.mask.sum())} cases, the protocol has {len(data.cases)}")
+    return stream_metrics(model, test, cases, batch_size)
+
+
+def select_tgn_epochs(data_dir, config: TGNConfig) -> tuple[int, list[dict]]:
+    """The epoch count with the best MRR@20 on session-rec's tuning split (train_tr -> train_valid)."""
+    tuning = yoochoose_sessions(data_dir, part="validation")
+    train, valid, users = tgn_streams(tuning)
+    result = train_tgn(train, tuning.num_items, users, config,
+                       validate=lambda model: tgn_metrics(model, tuning, valid, config.batch_size), progress=False)
+    curve = [{"epoch": r.epoch, "seconds": round(r.train_seconds, 1), **r.metrics} for r in result.history]
+    for point in curve:
+        print(f"tuning epoch {point['epoch']}: Recall@20 {point['recall@20']:.4f} MRR@20 {point['mrr@20']:.4f}", flush=True)
+    return result.best_epoch, curve
+
+
+def run_tgn(data: YoochooseSessions, config: TGNConfig) -> dict[str, float]:
+    train, test, users = tgn_streams(data)
     started = time.perf_counter()
-    model = train_tgn(train, data.num_items, len(nodes), config, progress=False).model
+    model = train_tgn(train, data.num_items, users, config, progress=False).model
     fitted = time.perf_counter()
-    seen = torch.zeros(data.num_items + len(nodes), dtype=torch.bool)
-    cases = torch.zeros(test.num_events, dtype=torch.bool)
-    for position, node in enumerate(test.src.tolist()):
-        cases[position], seen[node] = seen[node], True
-    if int(cases.sum()) != len(data.cases):
-        raise RuntimeError(f"TGN streams {int(cases.sum())} cases, the protocol has {len(data.cases)}")
-    accumulator = NextItemAccumulator(data.num_items, ks=KS)
-    replay(model, test, config.batch_size, cases, lambda scores, targets, _: accumulator.add(scores, targets))
-    metrics = accumulator.result()
+    metrics = tgn_metrics(model, data, test, config.batch_size)
     print(f"tgn: Recall@20 {metrics['recall@20']:.4f}, MRR@20 {metrics['mrr@20']:.4f} "
           f"(fit {fitted - started:.1f} s, eval {time.perf_counter() - fitted:.1f} s)", flush=True)
     return {**metrics, "fit_seconds": fitted - started, "eval_seconds": time.perf_counter() - fitted}
@@ -109,7 +127,9 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--data-dir", default=DEFAULT_DATA_DIR)
     parser.add_argument("--threads", type=int, default=1, help="torch threads (the machine is shared)")
-    parser.add_argument("--tgn-epochs", type=int, default=20)
+    parser.add_argument("--tgn-epochs", type=int, default=None,
+                        help="default: chosen on session-rec's tuning split (train_tr -> train_valid, MRR@20)")
+    parser.add_argument("--tgn-max-epochs", type=int, default=40)
     parser.add_argument("--out", default=ROOT / "benchmarks" / "results" / "yoochoose_next_item.json")
     args = parser.parse_args()
     warnings.filterwarnings("ignore", message="Sparse CSR tensor support is in beta state")
@@ -117,7 +137,11 @@ def main() -> int:
 
     data = yoochoose_sessions(args.data_dir)
     results = run(data, METHODS)
-    tgn_config = TGNConfig(max_epochs=args.tgn_epochs)
+    tuning_curve: list[dict] = []
+    epochs = args.tgn_epochs
+    if epochs is None:
+        epochs, tuning_curve = select_tgn_epochs(args.data_dir, TGNConfig(max_epochs=args.tgn_max_epochs, patience=5))
+    tgn_config = TGNConfig(max_epochs=epochs)
     results["tgn"] = run_tgn(data, tgn_config)
     print(markdown_table(results))
     report = {
@@ -130,6 +154,7 @@ def main() -> int:
         "items": data.num_items,
         "cases": len(data.cases),
         "tgn_config": tgn_config.model_dump(),
+        "tgn_tuning_curve": tuning_curve,
         "methods": results,
     }
     with open(args.out, "w") as handle:

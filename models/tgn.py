@@ -13,7 +13,8 @@ without renumbering items (`grow`).
     query         z_u = W_r s_u + sum_j a_uj (W_v x_j + W_e [psi(log(1 + dt_j)) + r_j || msg_j])
                         over u's N most recent interactions j (TransformerConv; dt_j = query time - t_j,
                         r_j = a learned embedding of j's recency rank, 0 = newest)
-    score         y_ui = z_u . h_i
+    score         y_ui = z_u . h_i (+ b_i with item_bias: a learned per-item prior, folded into the vectors
+                  as [z_u, 1] . [h_i, b_i] so scoring stays one matrix product)
 
 The candidate side reads the stored item memory (no gradient through the GRU), so scoring the whole
 catalogue is one [B, d] x [d, I] product and is the same in training and at serving. A query needs no
@@ -165,10 +166,12 @@ class TGNRecommender(Module):
         msg_dim: raw message size (graph_builders.temporal.MESSAGE_DIM).
         memory_dim, time_dim, embedding_dim: sizes of memory, time encodings and output vectors.
         num_neighbors: interactions a query attends over (and a session holds).
+        item_bias: add a learned per-item score prior b_i.
     """
 
     def __init__(self, num_items: int, num_users: int, msg_dim: int, memory_dim: int = 100, time_dim: int = 100,
-                 embedding_dim: int = 100, num_neighbors: int = 10, heads: int = 2, dropout: float = 0.1):
+                 embedding_dim: int = 100, num_neighbors: int = 10, heads: int = 2, dropout: float = 0.1,
+                 item_bias: bool = False):
         super().__init__()
         self.num_items = num_items
         self.memory = TGNMemory(num_items + num_users, msg_dim, memory_dim, time_dim,
@@ -177,6 +180,7 @@ class TGNRecommender(Module):
         self.item_embedding = Embedding(num_items, memory_dim)
         self.attention = TemporalAttention(memory_dim, embedding_dim, msg_dim, time_dim, num_neighbors, heads, dropout)
         self.candidate = Linear(memory_dim, embedding_dim)
+        self.item_bias = Embedding(num_items, 1) if item_bias else None
         self.history = InteractionHistory(num_items + num_users, num_neighbors, msg_dim)
 
     @property
@@ -190,14 +194,16 @@ class TGNRecommender(Module):
 
     def item_vectors(self) -> Tensor:
         """[I, d] candidate vectors h_i from the stored item memory."""
-        return self.candidate(self._item_x(torch.arange(self.num_items)))
+        vectors = self.candidate(self._item_x(torch.arange(self.num_items)))
+        return vectors if self.item_bias is None else torch.cat([vectors, self.item_bias.weight], dim=1)
 
     def _item_x(self, items: Tensor) -> Tensor:
         return self.memory.memory[items].detach() + self.item_embedding(items)
 
     def query_vectors(self, query_memory: Tensor, recent: RecentInteractions, query_t: Tensor) -> Tensor:
         """[B, d] query vectors z_u from each query's memory ([B, memory_dim]) and recent interactions."""
-        return self.attention(query_memory, self._item_x(recent.items), recent, query_t)
+        z = self.attention(query_memory, self._item_x(recent.items), recent, query_t)
+        return z if self.item_bias is None else torch.cat([z, z.new_ones(z.size(0), 1)], dim=1)
 
     def user_queries(self, nodes: Tensor, query_t: Tensor) -> Tensor:
         """Query vectors of stored user/session nodes at times `query_t`."""

@@ -46,6 +46,7 @@ class TGNConfig(BaseModel):
     num_neighbors: int = Field(default=10, ge=1, description="recent interactions a query attends over")
     heads: int = Field(default=2, ge=1)
     dropout: float = Field(default=0.1, ge=0, lt=1)
+    item_bias: bool = Field(default=False, description="learn a per-item score prior")
     lr: float = Field(default=1e-3, gt=0)
     weight_decay: float = Field(default=0.0, ge=0)
     batch_size: int = Field(default=200, ge=1, description="events per step")
@@ -57,7 +58,7 @@ class TGNConfig(BaseModel):
 
     def build(self, num_items: int, num_users: int, msg_dim: int) -> TGNRecommender:
         return TGNRecommender(num_items, num_users, msg_dim, self.memory_dim, self.time_dim, self.embedding_dim,
-                              self.num_neighbors, self.heads, self.dropout)
+                              self.num_neighbors, self.heads, self.dropout, self.item_bias)
 
 
 @dataclass

@@ -18,10 +18,10 @@ from __future__ import annotations
 
 import logging
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import pandas as pd
 import torch
 from pydantic import Field
@@ -34,7 +34,7 @@ from models.item_index import ItemIndex
 from models.next_item import NextItemAccumulator
 from models.session_knn import SessionKNN
 from models.tgn import TGNRecommender
-from models.tgn_training import TGNConfig, replay, train_tgn
+from models.tgn_training import TGNConfig, TGNTrainingResult, replay, train_tgn
 from pipelines.protocol import TrainingData, data_window
 from stores.artifacts import ArtifactStore, Manifest, write_json
 
@@ -48,6 +48,8 @@ class TGNOptions(TGNConfig):
     """`recserve train tgn --set KEY=VALUE` settings."""
 
     session_gap_s: float = Field(default=SESSION_GAP_S, gt=0, description="idle gap that starts a new session")
+    mask_seen: bool = Field(default=False, description="offline metrics leave out each user's earlier items "
+                            "(for data without repeat consumption, such as ratings)")
 
 
 def tgn_stream(events: pd.DataFrame, nodes: dict[str, int], items: dict[str, int], weights: EdgeWeights) -> TemporalData:
@@ -59,34 +61,45 @@ def tgn_stream(events: pd.DataFrame, nodes: dict[str, int], items: dict[str, int
     return stream
 
 
+@dataclass
+class Cases:
+    """Next-interaction cases of one stream, in stream order."""
+
+    mask: torch.Tensor  # [E] bool: which stream events are cases
+    prefixes: list[list[int]]  # the items of the case's current session so far (for the session baselines)
+    earlier: list[list[int]]  # every item the user had before the case
+
+    def exclusions(self, mask_seen: bool) -> list[list[int]] | None:
+        return self.earlier if mask_seen else None
+
+
 class CaseLog:
-    """Which stream events are next-interaction cases, and each case's current-session prefix.
+    """Which stream events are next-interaction cases, with each case's session prefix and earlier items.
 
     A case is an event whose user (or session) had an earlier event. Streams must be fed in order.
     """
 
-    def __init__(self, num_nodes: int, gap_s: float):
+    def __init__(self, gap_s: float):
         self.gap_s = gap_s
         self.session: dict[int, list[int]] = {}  # node -> items of its current session
+        self.items: dict[int, list[int]] = {}  # node -> all its items
         self.last_t: dict[int, int] = {}
-        self.seen = torch.zeros(num_nodes, dtype=torch.bool)
 
-    def feed(self, stream: TemporalData) -> tuple[torch.Tensor, list[list[int]]]:
-        """(bool mask of the cases, their prefixes in case order), updating the log with the stream."""
-        mask = torch.zeros(stream.num_events, dtype=torch.bool)
-        prefixes = []
+    def feed(self, stream: TemporalData) -> Cases:
+        cases = Cases(torch.zeros(stream.num_events, dtype=torch.bool), [], [])
         for position, (node, item, t) in enumerate(zip(stream.src.tolist(), stream.dst.tolist(), stream.t.tolist())):
-            if self.seen[node]:
-                mask[position] = True
+            if node in self.last_t:
+                cases.mask[position] = True
                 current = self.session[node]
                 # A returning user starting a new session: the baselines get their last item to go on.
-                prefixes.append(list(current) if t - self.last_t[node] <= self.gap_s else current[-1:])
+                cases.prefixes.append(list(current) if t - self.last_t[node] <= self.gap_s else current[-1:])
+                cases.earlier.append(list(self.items[node]))
                 if t - self.last_t[node] > self.gap_s:
                     current.clear()
             self.session.setdefault(node, []).append(item)
+            self.items.setdefault(node, []).append(item)
             self.last_t[node] = t
-            self.seen[node] = True
-        return mask, prefixes
+        return cases
 
 
 def _session_lists(stream: TemporalData, gap_s: float) -> list[list[int]]:
@@ -102,61 +115,115 @@ def _session_lists(stream: TemporalData, gap_s: float) -> list[list[int]]:
     return list(sessions.values())
 
 
-def stream_metrics(model: TGNRecommender, stream: TemporalData, mask: torch.Tensor, batch_size: int) -> dict[str, float]:
+def _masked(scores: torch.Tensor, exclude: list[list[int]] | None) -> torch.Tensor:
+    if exclude:
+        rows = [torch.full((len(items),), row, dtype=torch.long) for row, items in enumerate(exclude)]
+        scores[torch.cat(rows), torch.cat([torch.as_tensor(items, dtype=torch.long) for items in exclude])] = float("-inf")
+    return scores
+
+
+def stream_metrics(model: TGNRecommender, stream: TemporalData, cases: Cases, batch_size: int,
+                   exclude: list[list[int]] | None = None) -> dict[str, float]:
+    """Replay `stream`, ranking each case from the state before it (see the module docstring)."""
     accumulator = NextItemAccumulator(model.num_items, ks=KS)
-    replay(model, stream, batch_size, mask, lambda scores, targets, _: accumulator.add(scores, targets))
+    case_row = torch.cumsum(cases.mask.long(), 0) - 1
+
+    def sink(scores: torch.Tensor, targets: torch.Tensor, positions: torch.Tensor) -> None:
+        rows = case_row[positions].tolist()
+        accumulator.add(_masked(scores, exclude and [exclude[r] for r in rows]), targets)
+
+    replay(model, stream, batch_size, cases.mask, sink)
     return accumulator.result()
 
 
-def baseline_metrics(history: TemporalData, num_items: int, targets: torch.Tensor, prefixes: list[list[int]],
-                     gap_s: float) -> dict[str, dict[str, float]]:
+def baseline_metrics(history: TemporalData, num_items: int, targets: torch.Tensor, cases: Cases,
+                     gap_s: float, exclude: list[list[int]] | None = None) -> dict[str, dict[str, float]]:
+    """Popularity, item co-occurrence and session-kNN, fitted on the history stream, on the same cases."""
     sessions = _session_lists(history, gap_s)
     counts = torch.bincount(history.dst, minlength=num_items).float()
     scorers = {
-        "popularity": lambda batch: counts.expand(len(batch), -1),
+        "popularity": lambda batch: counts.expand(len(batch), -1).clone(),
         "item co-occurrence": ItemCooccurrence.fit(sessions, num_items).scores,
         "session-kNN": SessionKNN.fit(sessions, num_items).scores,
     }
-    results = {}
-    for name, score in scorers.items():
-        accumulator = NextItemAccumulator(num_items, ks=KS)
-        for start in range(0, len(prefixes), 512):
-            accumulator.add(score(prefixes[start:start + 512]), targets[start:start + 512])
-        results[name] = accumulator.result()
-    return results
+    return {name: score_cases(score, cases.prefixes, targets, num_items, exclude) for name, score in scorers.items()}
+
+
+def score_cases(score, inputs: list, targets: torch.Tensor, num_items: int,
+                exclude: list[list[int]] | None = None, batch_size: int = 512) -> dict[str, float]:
+    """Next-item metrics of `score(inputs[batch]) -> [B, I]` over the cases."""
+    accumulator = NextItemAccumulator(num_items, ks=KS)
+    for start in range(0, len(inputs), batch_size):
+        scores = score(inputs[start:start + batch_size])
+        accumulator.add(_masked(scores, exclude and exclude[start:start + batch_size]), targets[start:start + batch_size])
+    return accumulator.result()
+
+
+@dataclass
+class NextItemRun:
+    """A TGN trained and streamed over a namespace's split, with what the comparisons need."""
+
+    options: TGNOptions
+    result: TGNTrainingResult  # its model holds the state after ALL events
+    items: ItemIndex
+    nodes: dict[str, int]  # user key -> node id
+    history: TemporalData
+    test: TemporalData
+    cases: Cases
+    metrics: dict[str, float]
+    seconds: float
+
+    @property
+    def targets(self) -> torch.Tensor:
+        return self.test.dst[self.cases.mask]
+
+    @property
+    def exclude(self) -> list[list[int]] | None:
+        return self.cases.exclusions(self.options.mask_seen)
+
+
+def run_next_item(data: TrainingData, options: TGNOptions, weights: EdgeWeights = EdgeWeights()) -> NextItemRun:
+    """Train on the train period (selecting epochs on validation), then stream and score the test period."""
+    config = TGNConfig.model_validate(options.model_dump(include=set(TGNConfig.model_fields)))
+    items = ItemIndex.from_items(sorted(data.history["item_id"].astype(str).unique()), data.items)
+    keys = interaction_key(data.events).dropna().astype(str).unique().tolist()
+    nodes = {key: len(items) + i for i, key in enumerate(keys)}
+    train, validation, test = (tgn_stream(part, nodes, items.index, weights)
+                               for part in (data.split.train, data.split.validation, data.split.test))
+    started = time.perf_counter()
+    validate = None
+    if validation.num_events:
+        log_before = CaseLog(options.session_gap_s)
+        log_before.feed(train)
+        validation_cases = log_before.feed(validation)
+        exclude = validation_cases.exclusions(options.mask_seen)
+        validate = lambda model: stream_metrics(model, validation, validation_cases, config.batch_size, exclude)  # noqa: E731
+    result = train_tgn(train, len(items), len(nodes), config, validate)
+
+    # The selected weights, the state after train + validation, then the test stream scored and observed.
+    replay(result.model, validation, config.batch_size)
+    case_log = CaseLog(options.session_gap_s)
+    case_log.feed(train)
+    case_log.feed(validation)
+    cases = case_log.feed(test)
+    metrics = stream_metrics(result.model, test, cases, config.batch_size, cases.exclusions(options.mask_seen))
+    log.info("tgn: test %s", " ".join(f"{k} {v:.4f}" for k, v in metrics.items()))
+    return NextItemRun(options, result, items, nodes, _concat(train, validation), test, cases, metrics,
+                       time.perf_counter() - started)
 
 
 def train_tgn_artifact(data: TrainingData, artifacts: ArtifactStore, overrides: dict[str, Any]) -> Manifest:
     options = TGNOptions.model_validate(overrides)
     config = TGNConfig.model_validate(options.model_dump(include=set(TGNConfig.model_fields)))
     weights = EdgeWeights()
-    history = data.history
-    items = ItemIndex.from_items(sorted(history["item_id"].astype(str).unique()), data.items)
-    keys = interaction_key(data.events).dropna().astype(str).unique().tolist()
-    nodes = {key: len(items) + i for i, key in enumerate(keys)}
-    train, validation, test = (tgn_stream(part, nodes, items.index, weights)
-                               for part in (data.split.train, data.split.validation, data.split.test))
-    num_nodes = len(items) + len(nodes)
-
-    validate = None
-    if validation.num_events:
-        validation_mask, _ = _cases_after(num_nodes, options.session_gap_s, [train], validation)
-        validate = lambda model: stream_metrics(model, validation, validation_mask, config.batch_size)  # noqa: E731
-    started = time.perf_counter()
-    result = train_tgn(train, len(items), len(nodes), config, validate)
-
-    # Test: the selected weights, state after train + validation, then the test stream scored.
-    model = result.model
-    replay(model, validation, config.batch_size)
-    test_mask, prefixes = _cases_after(num_nodes, options.session_gap_s, [train, validation], test)
-    metrics = stream_metrics(model, test, test_mask, config.batch_size)
-    log.info("tgn: test %s", " ".join(f"{k} {v:.4f}" for k, v in metrics.items()))
-    history_stream = _concat(train, validation)
-    baselines = baseline_metrics(history_stream, len(items), test.dst[test_mask], prefixes, options.session_gap_s)
+    run = run_next_item(data, options, weights)
+    model, result, items = run.result.model, run.result, run.items
+    keys = list(run.nodes)
+    baselines = baseline_metrics(run.history, len(items), run.targets, run.cases, options.session_gap_s, run.exclude)
     applied_through = data.through_event_id
 
     def build(folder: Path) -> None:
-        torch.save({"config": config.model_dump(), "weights": model.weights(), "msg_dim": int(train.msg.size(1)),
+        torch.save({"config": config.model_dump(), "weights": model.weights(), "msg_dim": int(run.test.msg.size(1)),
                     "edge_weights": weights.model_dump()}, folder / "model.pt")
         torch.save({**model.state(), "applied_through": applied_through}, folder / "state.pt")
         write_json(folder / "users.json", {"user_keys": keys})
@@ -177,24 +244,17 @@ def train_tgn_artifact(data: TrainingData, artifacts: ArtifactStore, overrides: 
                 "summary": {
                     "selected epoch": result.best_epoch,
                     "stopped": result.stopped_because,
-                    "training seconds": round(time.perf_counter() - started, 1),
+                    "training seconds": round(run.seconds, 1),
                     "protocol": "next interaction, streamed: each test event of a returning user or session "
                                 "ranked from the state before it, then observed",
-                    "test cases": int(test_mask.sum()),
+                    "test cases": int(run.cases.mask.sum()),
                 },
             },
-            "metrics": {**metrics, "baselines": baselines, "history": history_rows},
+            "metrics": {**run.metrics, "baselines": baselines, "history": history_rows},
             "item_count": len(items),
-            "user_count": len(nodes),
+            "user_count": len(run.nodes),
         },
     )
-
-
-def _cases_after(num_nodes: int, gap_s: float, before: list[TemporalData], stream: TemporalData):
-    cases = CaseLog(num_nodes, gap_s)
-    for earlier in before:
-        cases.feed(earlier)
-    return cases.feed(stream)
 
 
 def _concat(*streams: TemporalData) -> TemporalData:

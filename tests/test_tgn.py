@@ -122,3 +122,38 @@ def test_training_learns_the_next_item_far_better_than_popularity():
     replay(model, test, 20, cases, lambda s, targets, _: accumulator.add(s, targets))
     # Popularity is uniform here, so it hits 1 in NUM_ITEMS at rank 1.
     assert accumulator.result()["recall@1"] > 0.5
+
+
+def test_node_disjoint_runs_apply_exactly_like_one_event_at_a_time():
+    from deployments.tgn import node_disjoint_runs
+
+    src = torch.tensor([0, 1, 0, 2, 1, 3]) + NUM_ITEMS
+    dst = torch.tensor([5, 6, 7, 7, 8, 9])
+    t = torch.arange(6) * 10 + 100
+    assert node_disjoint_runs(src, dst) == [(0, 2), (2, 3), (3, 6)]  # user 0 repeats, then item 7
+    one_by_one, in_runs = small_model(), small_model()
+    for i in range(6):
+        one_by_one.observe(src[i:i + 1], dst[i:i + 1], t[i:i + 1], click())
+    for start, end in node_disjoint_runs(src, dst):
+        in_runs.observe(src[start:end], dst[start:end], t[start:end], click(end - start))
+    assert torch.allclose(one_by_one.memory.memory, in_runs.memory.memory, atol=1e-6)
+
+
+def test_live_state_applies_a_repeated_or_late_read_event_once():
+    from datetime import UTC, datetime
+
+    from deployments.tgn import LiveTGN
+    from graph_builders.edge_weights import EdgeWeights
+    from models.item_index import ItemIndex
+    from stores.event_store import StoredEventRow
+
+    items = ItemIndex([f"i{n}" for n in range(NUM_ITEMS)], [None] * NUM_ITEMS, [None] * NUM_ITEMS)
+    live = LiveTGN(small_model(), items, {}, EdgeWeights(), applied_through=10)
+    now = datetime.now(UTC)
+    row = lambda event_id, item: StoredEventRow(event_id, "u1", item, None, "click", None, None, now)  # noqa: E731
+    live.apply([row(11, "i1"), row(13, "i2")])  # 12 is not visible yet: waited for
+    assert live.applied_through == 13 and set(live.waiting) == {12}
+    edges = live.model.history.num_edges
+    live.apply([row(11, "i1"), row(12, "i3"), row(13, "i2")])  # re-read: only 12 is new
+    assert live.model.history.num_edges == edges + 1 and not live.waiting
+    assert [i.item_id for i in live.sessions.state("u1", now).items] == ["i1", "i2", "i3"]
