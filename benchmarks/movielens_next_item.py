@@ -4,7 +4,7 @@ popularity and the session baselines, all on the same cases in one run.
     .venv/bin/python -m benchmarks.movielens_next_item [--tgn-epochs 20] [--out benchmarks/results/movielens_next_item.json]
 
 Split: one global time cutoff (graph_builders/splits.py: train 70% / validation 10% / test 20% of the
-events). A case is a test rating of a user who rated before it (pipelines/tgn.py): TGN ranks the catalogue
+events). A case is a test rating of a user who rated before the test period (pipelines/tgn.py): TGN ranks the catalogue
 from its state just before the rating and then observes it; LightGCN (trained on train + validation)
 ranks with the user's fixed embedding. Users never rate a movie twice, so every method has the user's
 earlier movies masked. Catalogue: the movies rated before the test period.
@@ -55,7 +55,7 @@ def main() -> int:
 
     dataset = read_dataset("ml-100k", args.data_dir)
     data = TrainingData(dataset.events, dataset.items, dataset.users, temporal_split(dataset.events), "temporal 70/10/20")
-    options = TGNOptions(max_epochs=args.tgn_epochs, patience=3, mask_seen=True)
+    options = TGNOptions(max_epochs=args.tgn_epochs, patience=3, mask_seen=True, returning_only=True)
     run = run_next_item(data, options)
     results = {"tgn": {**run.metrics, "fit_seconds": run.seconds}}
     lightgcn_config = LightGCNConfig(loss="bpr", batch_size=2048, max_epochs=200, time_budget_s=120)

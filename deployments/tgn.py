@@ -91,6 +91,7 @@ class LiveTGN:
     sessions: SessionTracker = field(default_factory=SessionTracker)
     waiting: dict[int, float] = field(default_factory=dict)  # skipped ids -> when first skipped (monotonic)
     lock: asyncio.Lock = field(default_factory=asyncio.Lock)
+    pruned_at: float = 0.0  # monotonic time of the last sweep of ended sessions
     _item_vectors: torch.Tensor | None = None
 
     @classmethod
@@ -154,6 +155,12 @@ class LiveTGN:
         for end in ends:
             self.sessions.end(end.session_key, end.ended_at)
             self.ends_through = max(self.ends_through, end.end_id)
+
+    def prune_sessions(self, now: datetime, every_s: float = 60.0) -> None:
+        """Forget sessions idle past the timeout (at most once a minute), so the tracker stays bounded."""
+        if time.monotonic() - self.pruned_at >= every_s:
+            self.sessions.prune(now)
+            self.pruned_at = time.monotonic()
 
     def give_up_waiting(self, wait_s: float) -> None:
         cutoff = time.monotonic() - wait_s
@@ -246,6 +253,7 @@ class TGNDeployment(ArtifactModel[LiveTGN]):
             rows, ends = await asyncio.to_thread(self._read_log, live)
             live.apply(rows)
             live.apply_ends(ends)
+            live.prune_sessions(datetime.now(UTC))
 
     # -- the model contract plus TGN's own methods ----------------------------------------------
     async def recommend(self, query: ModelQuery) -> list[Candidate]:

@@ -13,8 +13,7 @@ without renumbering items (`grow`).
     query         z_u = W_r s_u + sum_j a_uj (W_v x_j + W_e [psi(log(1 + dt_j)) + r_j || msg_j])
                         over u's N most recent interactions j (TransformerConv; dt_j = query time - t_j,
                         r_j = a learned embedding of j's recency rank, 0 = newest)
-    score         y_ui = z_u . h_i (+ b_i with item_bias: a learned per-item prior, folded into the vectors
-                  as [z_u, 1] . [h_i, b_i] so scoring stays one matrix product)
+    score         y_ui = z_u . h_i
 
 The candidate side reads the stored item memory (no gradient through the GRU), so scoring the whole
 catalogue is one [B, d] x [d, I] product and is the same in training and at serving. A query needs no
@@ -86,12 +85,18 @@ class InteractionHistory:
         self._t[self.num_edges : end], self._msg[self.num_edges : end] = t, msg
         self.num_edges = end
 
+    def apply(self, fn) -> None:
+        """Apply a tensor function (a device move) to every tensor held."""
+        loader = self.loader
+        loader.neighbors, loader.e_id, loader._assoc = fn(loader.neighbors), fn(loader.e_id), fn(loader._assoc)
+        self._t, self._msg = fn(self._t), fn(self._msg)
+
     def recent(self, nodes: Tensor) -> RecentInteractions:
         """The stored interactions of `nodes` ([B]), newest first within each node."""
         e_id = self.loader.e_id[nodes]  # [B, N], sorted newest first; -1 = empty slot
         valid = e_id >= 0
-        owner = torch.arange(nodes.numel()).unsqueeze(1).expand_as(e_id)[valid]
-        rank = torch.arange(self.size).unsqueeze(0).expand_as(e_id)[valid]
+        owner = torch.arange(nodes.numel(), device=e_id.device).unsqueeze(1).expand_as(e_id)[valid]
+        rank = torch.arange(self.size, device=e_id.device).unsqueeze(0).expand_as(e_id)[valid]
         edges = e_id[valid]
         return RecentInteractions(owner, self.loader.neighbors[nodes][valid], self.t[edges], self.msg[edges], rank)
 
@@ -126,15 +131,17 @@ class InteractionHistory:
         loader._assoc = torch.cat([loader._assoc, loader._assoc.new_empty(extra)])
 
     def state(self) -> dict[str, Tensor | int]:
-        return {"neighbors": self.loader.neighbors, "e_id": self.loader.e_id, "cur_e_id": self.loader.cur_e_id,
-                "t": self.t, "msg": self.msg}
+        return {"neighbors": self.loader.neighbors.cpu(), "e_id": self.loader.e_id.cpu(),
+                "cur_e_id": self.loader.cur_e_id, "t": self.t.cpu(), "msg": self.msg.cpu()}
 
     def load_state(self, state: dict[str, Tensor | int]) -> None:
         self.grow(state["neighbors"].size(0))
         n = state["neighbors"].size(0)
         self.loader.neighbors[:n], self.loader.e_id[:n] = state["neighbors"], state["e_id"]
         self.loader.cur_e_id = int(state["cur_e_id"])
-        self._t, self._msg, self.num_edges = state["t"].clone(), state["msg"].clone(), state["t"].numel()
+        device = self.loader.e_id.device
+        self._t, self._msg = state["t"].to(device, copy=True), state["msg"].to(device, copy=True)
+        self.num_edges = self._t.numel()
 
 
 class TemporalAttention(Module):
@@ -166,12 +173,10 @@ class TGNRecommender(Module):
         msg_dim: raw message size (graph_builders.temporal.MESSAGE_DIM).
         memory_dim, time_dim, embedding_dim: sizes of memory, time encodings and output vectors.
         num_neighbors: interactions a query attends over (and a session holds).
-        item_bias: add a learned per-item score prior b_i.
     """
 
     def __init__(self, num_items: int, num_users: int, msg_dim: int, memory_dim: int = 100, time_dim: int = 100,
-                 embedding_dim: int = 100, num_neighbors: int = 10, heads: int = 2, dropout: float = 0.1,
-                 item_bias: bool = False):
+                 embedding_dim: int = 100, num_neighbors: int = 10, heads: int = 2, dropout: float = 0.1):
         super().__init__()
         self.num_items = num_items
         self.memory = TGNMemory(num_items + num_users, msg_dim, memory_dim, time_dim,
@@ -180,12 +185,17 @@ class TGNRecommender(Module):
         self.item_embedding = Embedding(num_items, memory_dim)
         self.attention = TemporalAttention(memory_dim, embedding_dim, msg_dim, time_dim, num_neighbors, heads, dropout)
         self.candidate = Linear(memory_dim, embedding_dim)
-        self.item_bias = Embedding(num_items, 1) if item_bias else None
         self.history = InteractionHistory(num_items + num_users, num_neighbors, msg_dim)
 
     @property
     def num_nodes(self) -> int:
         return self.memory.num_nodes
+
+    def _apply(self, fn, recurse: bool = True):
+        # `.to(device)` moves parameters and buffers; the history's tensors must follow them.
+        super()._apply(fn, recurse)
+        self.history.apply(fn)
+        return self
 
     def reset_state(self) -> None:
         """Forget every interaction (memory and history); the weights stay."""
@@ -194,16 +204,14 @@ class TGNRecommender(Module):
 
     def item_vectors(self) -> Tensor:
         """[I, d] candidate vectors h_i from the stored item memory."""
-        vectors = self.candidate(self._item_x(torch.arange(self.num_items)))
-        return vectors if self.item_bias is None else torch.cat([vectors, self.item_bias.weight], dim=1)
+        return self.candidate(self._item_x(torch.arange(self.num_items, device=self.memory.device)))
 
     def _item_x(self, items: Tensor) -> Tensor:
         return self.memory.memory[items].detach() + self.item_embedding(items)
 
     def query_vectors(self, query_memory: Tensor, recent: RecentInteractions, query_t: Tensor) -> Tensor:
         """[B, d] query vectors z_u from each query's memory ([B, memory_dim]) and recent interactions."""
-        z = self.attention(query_memory, self._item_x(recent.items), recent, query_t)
-        return z if self.item_bias is None else torch.cat([z, z.new_ones(z.size(0), 1)], dim=1)
+        return self.attention(query_memory, self._item_x(recent.items), recent, query_t)
 
     def user_queries(self, nodes: Tensor, query_t: Tensor) -> Tensor:
         """Query vectors of stored user/session nodes at times `query_t`."""
@@ -213,7 +221,7 @@ class TGNRecommender(Module):
     def session_query(self, items: Tensor, t: Tensor, msg: Tensor, query_t: Tensor) -> Tensor:
         """[1, d] query vector of an anonymous session: no memory, attending over `items` (oldest first)."""
         n = items.numel()
-        recent = RecentInteractions(torch.zeros(n, dtype=torch.long), items, t, msg, torch.arange(n - 1, -1, -1))
+        recent = RecentInteractions(items.new_zeros(n), items, t, msg, torch.arange(n - 1, -1, -1, device=items.device))
         keep = recent.rank < self.history.size
         recent = RecentInteractions(*(getattr(recent, f)[keep] for f in ("owner", "items", "t", "msg", "rank")))
         memory = self.memory.memory.new_zeros(1, self.memory.memory_dim)
@@ -253,7 +261,7 @@ class TGNRecommender(Module):
 
     def weights(self) -> dict[str, Tensor]:
         """The learned parameters only: memory buffers are sized by node count and saved by `state`."""
-        return {k: v for k, v in self.state_dict().items() if k not in STATE_BUFFERS}
+        return {k: v.cpu() for k, v in self.state_dict().items() if k not in STATE_BUFFERS}
 
     def load_weights(self, weights: dict[str, Tensor]) -> None:
         missing, unexpected = self.load_state_dict(weights, strict=False)
@@ -264,7 +272,8 @@ class TGNRecommender(Module):
         """Memory and history: what serving needs besides the weights to go on where training stopped."""
         # The message stores are left out: in eval mode messages are applied as they arrive, so
         # nothing is pending between calls.
-        return {"memory": self.memory.memory, "last_update": self.memory.last_update, "history": self.history.state()}
+        return {"memory": self.memory.memory.cpu(), "last_update": self.memory.last_update.cpu(),
+                "history": self.history.state()}
 
     def load_state(self, state: dict) -> None:
         self.grow(state["memory"].size(0))

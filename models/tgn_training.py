@@ -33,7 +33,7 @@ from models.tgn import TGNRecommender
 
 log = logging.getLogger(__name__)
 
-# Called with (scores [B, I], target items [B], positions of the scored events in the stream).
+# Called with (scores [B, I], target items [B], positions of the scored events in the stream), on the CPU.
 ScoreSink = Callable[[Tensor, Tensor, Tensor], None]
 
 
@@ -46,7 +46,6 @@ class TGNConfig(BaseModel):
     num_neighbors: int = Field(default=10, ge=1, description="recent interactions a query attends over")
     heads: int = Field(default=2, ge=1)
     dropout: float = Field(default=0.1, ge=0, lt=1)
-    item_bias: bool = Field(default=False, description="learn a per-item score prior")
     lr: float = Field(default=1e-3, gt=0)
     weight_decay: float = Field(default=0.0, ge=0)
     batch_size: int = Field(default=200, ge=1, description="events per step")
@@ -58,7 +57,7 @@ class TGNConfig(BaseModel):
 
     def build(self, num_items: int, num_users: int, msg_dim: int) -> TGNRecommender:
         return TGNRecommender(num_items, num_users, msg_dim, self.memory_dim, self.time_dim, self.embedding_dim,
-                              self.num_neighbors, self.heads, self.dropout, self.item_bias)
+                              self.num_neighbors, self.heads, self.dropout)
 
 
 @dataclass
@@ -107,6 +106,7 @@ def train_epoch(model: TGNRecommender, stream: TemporalData, optimizer: torch.op
                 progress: bool = False) -> float:
     model.train()
     model.reset_state()
+    stream = stream.to(model.memory.device)
     total, count = 0.0, 0
     ranges = batches(stream, batch_size)
     for start, end in tqdm(ranges, desc="tgn epoch", unit="batch", disable=not progress, leave=False, mininterval=5):
@@ -128,6 +128,9 @@ def replay(model: TGNRecommender, stream: TemporalData, batch_size: int,
            score_mask: Tensor | None = None, sink: ScoreSink | None = None) -> None:
     """Observe a stream in eval mode; where `score_mask` is set, first score the event against the catalogue."""
     settle(model)
+    device = model.memory.device
+    stream = stream.to(device)
+    score_mask = score_mask.to(device) if score_mask is not None else None
     for start, end in batches(stream, batch_size):
         src, dst, t, msg = _batch(stream, start, end)
         if sink is not None and score_mask is not None:
@@ -135,7 +138,7 @@ def replay(model: TGNRecommender, stream: TemporalData, batch_size: int,
             if scored.numel():
                 queries = model.batch_queries(src, dst, t, msg)[scored]
                 scores = queries @ model.item_vectors().T
-                sink(scores, dst[scored], scored + start)
+                sink(scores.cpu(), dst[scored].cpu(), scored.cpu() + start)
         model.observe(src, dst, t, msg)
 
 
@@ -156,7 +159,6 @@ def train_tgn(
     """
     torch.manual_seed(config.seed)
     model = config.build(num_items, num_users, train.msg.size(1)).to(config.device)
-    train = train.to(config.device)
     optimizer = torch.optim.Adam(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
     started = time.perf_counter()
     history: list[EpochRecord] = []

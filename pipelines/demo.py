@@ -31,7 +31,7 @@ def run_demo(settings: Settings, fresh: bool = False, keep_serving: bool = True)
         if fresh or artifacts.current_version(model) is None:
             print(f"== training {model}", flush=True)
             manifest = train_model(model, settings, DEMO_OVERRIDES.get(model))
-            metrics = {k: round(v, 4) for k, v in manifest.metrics.items() if k in ("recall@20", "ndcg@20")}
+            metrics = {k: round(v, 4) for k, v in manifest.metrics.items() if k in ("recall@20", "ndcg@20", "mrr@20")}
             print(f"   {model} {manifest.version}: {json.dumps(metrics)}", flush=True)
     print("== starting Ray Serve", flush=True)
     with serving.running(settings) as config:
@@ -47,13 +47,17 @@ def run_demo(settings: Settings, fresh: bool = False, keep_serving: bool = True)
 
 def show_examples(base: str, store: EventStore) -> None:
     user = store.events_frame().iloc[-1]["user_id"]
+    items = store.items_frame()["item_id"].head(3).tolist()
     examples = [
         ("GET", "/healthz", None),
-        ("POST", "/v1/recommend", {"user_id": user, "k": 5}),
         ("POST", "/v1/recommend", {"user_id": "brand-new-user", "k": 3, "context": {"device": "ios"}}),
         ("POST", "/v1/recommend", {"k": 3, "filters": {"category": "strategy"}}),
-        ("POST", "/v1/interactions", {"user_id": user, "item_id": "demo-item", "event_type": "play", "value": 95,
+        # A live session: the play is stored, applied to TGN's memory, and TGN answers while it lasts.
+        ("POST", "/v1/interactions", {"user_id": user, "item_id": items[0], "event_type": "play", "value": 95,
                                       "idempotency_key": f"demo-{int(time.time())}"}),
+        ("GET", f"/v1/sessions/{user}", None),
+        ("POST", "/v1/recommend", {"user_id": user, "k": 5}),
+        ("POST", "/v1/recommend", {"session_items": [*items[1:], "not-in-catalogue"], "k": 3}),
         ("POST", "/v1/recommend", {"k": 0}),
         ("GET", "/v1/status", None),
     ]

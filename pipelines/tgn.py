@@ -48,6 +48,8 @@ class TGNOptions(TGNConfig):
     """`recserve train tgn --set KEY=VALUE` settings."""
 
     session_gap_s: float = Field(default=SESSION_GAP_S, gt=0, description="idle gap that starts a new session")
+    returning_only: bool = Field(default=False, description="offline cases only for users with events before the "
+                                 "evaluated period (otherwise a user's or session's second event already counts)")
     mask_seen: bool = Field(default=False, description="offline metrics leave out each user's earlier items "
                             "(for data without repeat consumption, such as ratings)")
 
@@ -76,19 +78,21 @@ class Cases:
 class CaseLog:
     """Which stream events are next-interaction cases, with each case's session prefix and earlier items.
 
-    A case is an event whose user (or session) had an earlier event. Streams must be fed in order.
+    A case is an event whose user (or session) had an earlier event; with `returning_only`, an earlier
+    event in an earlier stream. Streams must be fed in order.
     """
 
-    def __init__(self, gap_s: float):
-        self.gap_s = gap_s
+    def __init__(self, gap_s: float, returning_only: bool = False):
+        self.gap_s, self.returning_only = gap_s, returning_only
         self.session: dict[int, list[int]] = {}  # node -> items of its current session
         self.items: dict[int, list[int]] = {}  # node -> all its items
         self.last_t: dict[int, int] = {}
 
     def feed(self, stream: TemporalData) -> Cases:
         cases = Cases(torch.zeros(stream.num_events, dtype=torch.bool), [], [])
+        returning = set(self.last_t)
         for position, (node, item, t) in enumerate(zip(stream.src.tolist(), stream.dst.tolist(), stream.t.tolist())):
-            if node in self.last_t:
+            if node in (returning if self.returning_only else self.last_t):
                 cases.mask[position] = True
                 current = self.session[node]
                 # A returning user starting a new session: the baselines get their last item to go on.
@@ -193,7 +197,7 @@ def run_next_item(data: TrainingData, options: TGNOptions, weights: EdgeWeights 
     started = time.perf_counter()
     validate = None
     if validation.num_events:
-        log_before = CaseLog(options.session_gap_s)
+        log_before = CaseLog(options.session_gap_s, options.returning_only)
         log_before.feed(train)
         validation_cases = log_before.feed(validation)
         exclude = validation_cases.exclusions(options.mask_seen)
@@ -202,7 +206,7 @@ def run_next_item(data: TrainingData, options: TGNOptions, weights: EdgeWeights 
 
     # The selected weights, the state after train + validation, then the test stream scored and observed.
     replay(result.model, validation, config.batch_size)
-    case_log = CaseLog(options.session_gap_s)
+    case_log = CaseLog(options.session_gap_s, options.returning_only)
     case_log.feed(train)
     case_log.feed(validation)
     cases = case_log.feed(test)

@@ -62,7 +62,7 @@ DEMO_MODELS = ["popularity", "lightgcn", "tgn"]
 # Demo training stays within a few minutes on a 2-core CPU.
 DEMO_OVERRIDES: dict[str, dict[str, Any]] = {
     "lightgcn": {"time_budget_s": 60.0, "max_epochs": 40},
-    "tgn": {"time_budget_s": 60.0, "max_epochs": 10},
+    "tgn": {"time_budget_s": 60.0, "max_epochs": 10, "batch_size": 1000},
 }
 
 

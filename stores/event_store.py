@@ -312,10 +312,13 @@ class EventStore:
         can commit after a higher one was already read.
         """
         with self.db.cursor() as cur:
+            # Two index range scans: an OR of both conditions makes PostgreSQL scan the whole index.
             cur.execute(
-                f"SELECT {STORED_EVENT_COLUMNS} FROM events WHERE event_id > %s OR event_id = ANY(%s::bigint[]) "
-                "ORDER BY event_id LIMIT %s",
-                (event_id, list(also), limit),
+                f"SELECT * FROM ((SELECT {STORED_EVENT_COLUMNS} FROM events WHERE event_id > %s "
+                "ORDER BY event_id LIMIT %s) UNION ALL "
+                f"(SELECT {STORED_EVENT_COLUMNS} FROM events WHERE event_id = ANY(%s::bigint[]) AND event_id <= %s)) "
+                "AS found ORDER BY event_id",
+                (event_id, limit, list(also), event_id),
             )
             return [StoredEventRow(*r) for r in cur.fetchall()]
 
