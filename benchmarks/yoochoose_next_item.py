@@ -78,7 +78,7 @@ def tgn_streams(data: YoochooseSessions) -> tuple[TemporalData, TemporalData, in
     events = data.events[data.events["item_id"].isin(data.item_index)]
     keys = interaction_key(events).astype(str).unique().tolist()
     nodes = {key: data.num_items + i for i, key in enumerate(keys)}
-    is_test = events["session_id"].isin(set(data.events.loc[data.events["ts"] >= data.test_from, "session_id"]))
+    is_test = events["ts"] >= data.test_from
     train, test = (tgn_stream(part, nodes, data.item_index, EdgeWeights()) for part in (events[~is_test], events[is_test]))
     return train, test, len(nodes)
 
