@@ -222,6 +222,8 @@ class Ingress:
             exclude += seen
         needed = request.offset + request.k
         session_items, unknown_session_items = await self._known_session_items(request.session_items, arm)
+        if request.filters.exclude_seen:
+            exclude += session_items  # an anonymous visitor has seen their session's items too
         query = ModelQuery(
             user_id=request.user_id,
             session_id=request.session_id,

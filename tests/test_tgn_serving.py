@@ -107,6 +107,7 @@ def test_anonymous_session_with_unknown_items(service):
     body = post(base, "/v1/recommend", {"session_items": [*known, "no-such-item"], "k": 5})
     assert body["unknown_session_items"] == ["no-such-item"]
     assert len(body["items"]) == 5 and {i["source"] for i in body["items"]} == {"tgn"}
+    assert not {i["item_id"] for i in body["items"]} & set(known)  # exclude_seen covers the session
 
 
 def test_duplicate_events_are_applied_once(service):
