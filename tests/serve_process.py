@@ -38,12 +38,16 @@ def serve_env(settings: Settings, metrics_port: int) -> dict[str, str]:
 
 
 @contextmanager
-def serving(settings: Settings, log_dir: Path, wait_for: str = "popularity") -> Iterator[tuple[str, int]]:
-    """(base URL, metrics port) of a service that has loaded `wait_for`; stopped (SIGTERM) afterwards."""
+def serving(
+    settings: Settings, log_dir: Path, wait_for: str = "popularity", config: Path | None = None
+) -> Iterator[tuple[str, int]]:
+    """(base URL, metrics port) of a service that has loaded `wait_for`; stopped (SIGTERM) afterwards.
+    `config`: a Serve config other than serve_config.yaml."""
     port, metrics_port = free_port(), free_port()
     log = open(log_dir / "serve.log", "w")
+    command = [sys.executable, "-m", "pipelines.cli", "serve", "--namespace", settings.namespace, "--port", str(port)]
     process = subprocess.Popen(
-        [sys.executable, "-m", "pipelines.cli", "serve", "--namespace", settings.namespace, "--port", str(port)],
+        command + (["--config", str(config)] if config else []),
         env=serve_env(settings, metrics_port), stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
     )
     base = f"http://127.0.0.1:{port}"

@@ -5,12 +5,15 @@ from __future__ import annotations
 
 import uuid
 from contextlib import ExitStack
+from pathlib import Path
 from datetime import UTC, datetime, timedelta
 
 import pytest
 import requests
+import yaml
 
 from pipelines.training import train_model
+from pipelines.serving import DEFAULT_CONFIG
 from tests.serve_process import demo_namespace, serving
 
 pytestmark = pytest.mark.serve
@@ -26,12 +29,12 @@ class Service:
         self.stack = ExitStack()
         self.start()
 
-    def start(self) -> None:
-        self.base, _ = self.stack.enter_context(serving(self.settings, self.log_dir, wait_for="tgn"))
+    def start(self, config: Path | None = None) -> None:
+        self.base, _ = self.stack.enter_context(serving(self.settings, self.log_dir, wait_for="tgn", config=config))
 
-    def restart(self) -> None:
+    def restart(self, config: Path | None = None) -> None:
         self.stack.close()
-        self.start()
+        self.start(config)
 
 
 @pytest.fixture(scope="module")
@@ -137,3 +140,33 @@ def test_a_restarted_service_rebuilds_sessions_and_memory_from_postgres(running)
     assert {i["source"] for i in after["items"]} == {"tgn"}
     assert [i["item_id"] for i in after["items"]] == [i["item_id"] for i in before["items"]]
     assert [i["score"] for i in after["items"]] == pytest.approx([i["score"] for i in before["items"]], rel=1e-4)
+
+
+def two_tgn_replicas(folder: Path) -> Path:
+    """serve_config.yaml with two TGN replicas (a quarter CPU each, so a 2-core machine fits them)."""
+    config = yaml.safe_load(DEFAULT_CONFIG.read_text())
+    app = config["applications"][0]
+    app["args"]["models"]["tgn"]["num_cpus"] = 0.25
+    tgn = next(d for d in app["deployments"] if d["name"] == "TGNDeployment")
+    tgn.pop("autoscaling_config")
+    tgn["num_replicas"] = 2
+    path = folder / "two_tgn_replicas.yaml"
+    path.write_text(yaml.safe_dump(config))
+    return path
+
+
+def test_two_replicas_agree_on_sessions_and_recommendations(running, tmp_path):
+    """Each replica follows the events table, so whichever one a request reaches answers the same."""
+    service, store = running
+    service.restart(two_tgn_replicas(tmp_path))
+    user = f"u-{uuid.uuid4().hex[:8]}"
+    for item in items_of(store, 3):  # separate posts: each observe reaches one replica or the other
+        post(service.base, "/v1/interactions", clicks(user, [item]), status=201)
+    at = (datetime.now(UTC) + timedelta(seconds=5)).isoformat()
+    query = {"user_id": user, "k": 10, "filters": {"exclude_seen": False}, "context": {"time": at}}
+    sessions = [requests.get(f"{service.base}/v1/sessions/{user}", timeout=10).json()["items"] for _ in range(8)]
+    # A different dummy exclusion each time, so the ingress's result cache cannot answer for the replicas.
+    answers = [post(service.base, "/v1/recommend", {**query, "exclude_ids": [f"none-{n}"]})["items"] for n in range(8)]
+    assert all(s == sessions[0] for s in sessions) and len(sessions[0]) == 3
+    assert all([i["item_id"] for i in a] == [i["item_id"] for i in answers[0]] for a in answers)
+    assert {i["source"] for a in answers for i in a} == {"tgn"}
