@@ -69,39 +69,40 @@ class Cases:
 
     mask: torch.Tensor  # [E] bool: which stream events are cases
     prefixes: list[list[int]]  # the items of the case's current session so far (for the session baselines)
-    earlier: list[list[int]]  # every item the user had before the case
-
-    def exclusions(self, mask_seen: bool) -> list[list[int]] | None:
-        return self.earlier if mask_seen else None
+    earlier: list[list[int]] | None  # every item the user had before the case, when kept (for masking)
 
 
 class CaseLog:
-    """Which stream events are next-interaction cases, with each case's session prefix and earlier items.
+    """Which stream events are next-interaction cases, with each case's session prefix (and, with
+    `keep_earlier`, every earlier item of its user).
 
     A case is an event whose user (or session) had an earlier event; with `returning_only`, an earlier
     event in an earlier stream. Streams must be fed in order.
     """
 
-    def __init__(self, gap_s: float, returning_only: bool = False):
-        self.gap_s, self.returning_only = gap_s, returning_only
+    def __init__(self, gap_s: float, returning_only: bool = False, keep_earlier: bool = False):
+        self.gap_s, self.returning_only, self.keep_earlier = gap_s, returning_only, keep_earlier
         self.session: dict[int, list[int]] = {}  # node -> items of its current session
         self.items: dict[int, list[int]] = {}  # node -> all its items
         self.last_t: dict[int, int] = {}
 
     def feed(self, stream: TemporalData) -> Cases:
-        cases = Cases(torch.zeros(stream.num_events, dtype=torch.bool), [], [])
+        cases = Cases(torch.zeros(stream.num_events, dtype=torch.bool), [], [] if self.keep_earlier else None)
         returning = set(self.last_t)
         for position, (node, item, t) in enumerate(zip(stream.src.tolist(), stream.dst.tolist(), stream.t.tolist())):
+            new_session = node in self.last_t and t - self.last_t[node] > self.gap_s
             if node in (returning if self.returning_only else self.last_t):
                 cases.mask[position] = True
                 current = self.session[node]
                 # A returning user starting a new session: the baselines get their last item to go on.
-                cases.prefixes.append(list(current) if t - self.last_t[node] <= self.gap_s else current[-1:])
-                cases.earlier.append(list(self.items[node]))
-                if t - self.last_t[node] > self.gap_s:
-                    current.clear()
+                cases.prefixes.append(current[-1:] if new_session else list(current))
+                if cases.earlier is not None:
+                    cases.earlier.append(list(self.items[node]))
+            if new_session:
+                self.session[node].clear()
             self.session.setdefault(node, []).append(item)
-            self.items.setdefault(node, []).append(item)
+            if self.keep_earlier:
+                self.items.setdefault(node, []).append(item)
             self.last_t[node] = t
         return cases
 
@@ -183,7 +184,7 @@ class NextItemRun:
 
     @property
     def exclude(self) -> list[list[int]] | None:
-        return self.cases.exclusions(self.options.mask_seen)
+        return self.cases.earlier
 
 
 def run_next_item(data: TrainingData, options: TGNOptions, weights: EdgeWeights = EdgeWeights()) -> NextItemRun:
@@ -197,20 +198,20 @@ def run_next_item(data: TrainingData, options: TGNOptions, weights: EdgeWeights 
     started = time.perf_counter()
     validate = None
     if validation.num_events:
-        log_before = CaseLog(options.session_gap_s, options.returning_only)
+        log_before = CaseLog(options.session_gap_s, options.returning_only, options.mask_seen)
         log_before.feed(train)
         validation_cases = log_before.feed(validation)
-        exclude = validation_cases.exclusions(options.mask_seen)
-        validate = lambda model: stream_metrics(model, validation, validation_cases, config.batch_size, exclude)  # noqa: E731
+        validate = lambda model: stream_metrics(  # noqa: E731
+            model, validation, validation_cases, config.batch_size, validation_cases.earlier)
     result = train_tgn(train, len(items), len(nodes), config, validate)
 
     # The selected weights, the state after train + validation, then the test stream scored and observed.
     replay(result.model, validation, config.batch_size)
-    case_log = CaseLog(options.session_gap_s, options.returning_only)
+    case_log = CaseLog(options.session_gap_s, options.returning_only, options.mask_seen)
     case_log.feed(train)
     case_log.feed(validation)
     cases = case_log.feed(test)
-    metrics = stream_metrics(result.model, test, cases, config.batch_size, cases.exclusions(options.mask_seen))
+    metrics = stream_metrics(result.model, test, cases, config.batch_size, cases.earlier)
     log.info("tgn: test %s", " ".join(f"{k} {v:.4f}" for k, v in metrics.items()))
     return NextItemRun(options, result, items, nodes, _concat(train, validation), test, cases, metrics,
                        time.perf_counter() - started)

@@ -157,3 +157,25 @@ def test_live_state_applies_a_repeated_or_late_read_event_once():
     live.apply([row(11, "i1"), row(12, "i3"), row(13, "i2")])  # re-read: only 12 is new
     assert live.model.history.num_edges == edges + 1 and not live.waiting
     assert [i.item_id for i in live.sessions.state("u1", now).items] == ["i1", "i2", "i3"]
+
+
+def test_case_log_marks_returning_events_with_their_session_prefix():
+    from pipelines.tgn import CaseLog
+
+    def stream(rows):
+        src, dst, t = zip(*rows)
+        return TemporalData(src=torch.tensor(src), dst=torch.tensor(dst), t=torch.tensor(t), msg=click(len(rows)))
+
+    history = stream([(20, 1, 0), (20, 2, 60)])
+    later = stream([(20, 3, 120), (21, 4, 130), (21, 5, 140), (20, 6, 5000)])  # user 20 idles past 30 min
+
+    log = CaseLog(gap_s=1800, keep_earlier=True)
+    log.feed(history)
+    cases = log.feed(later)
+    assert cases.mask.tolist() == [True, False, True, True]
+    assert cases.prefixes == [[1, 2], [4], [3]]  # after the gap: just the last item to go on
+    assert cases.earlier == [[1, 2], [4], [1, 2, 3]]
+
+    returning = CaseLog(gap_s=1800, returning_only=True)
+    returning.feed(history)
+    assert returning.feed(later).mask.tolist() == [True, False, False, True]  # user 21 is new in this period
