@@ -61,7 +61,7 @@ def main() -> int:
     lightgcn_config = LightGCNConfig(loss="bpr", batch_size=2048, max_epochs=200, time_budget_s=120)
     metrics, seconds = lightgcn_metrics(data, run, lightgcn_config)
     results["lightgcn"] = {**metrics, "fit_seconds": seconds}
-    results.update(baseline_metrics(run.history, len(run.items), run.targets, run.cases, options.session_gap_s,
+    results.update(baseline_metrics(run.history, run.items, run.targets, run.cases, options.session_gap_s,
                                     run.exclude))
 
     print(f"MovieLens-100K, {int(run.cases.mask.sum()):,} next-item cases of returning users, "

@@ -93,6 +93,15 @@ class LiveTGN:
     lock: asyncio.Lock = field(default_factory=asyncio.Lock)
     pruned_at: float = 0.0  # monotonic time of the last sweep of ended sessions
     _item_vectors: torch.Tensor | None = None
+    click_message: torch.Tensor = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.click_message = self.messages(["click"], [None])
+
+    def messages(self, event_types: list[str], values: list[float | None]) -> torch.Tensor:
+        """[n, MESSAGE_DIM] raw TGN messages, built as training built them (graph_builders.temporal)."""
+        frame = pd.DataFrame({"event_type": event_types, "value": pd.array(values, dtype="Float64")})
+        return torch.from_numpy(event_messages(frame, self.weights))
 
     @classmethod
     def load(cls, folder: Path) -> LiveTGN:
@@ -141,12 +150,10 @@ class LiveTGN:
                 usable.append((self._node(key), self.items.index[row.item_id], row))
         if not usable:
             return
-        frame = pd.DataFrame({"event_type": [r.event_type for *_, r in usable],
-                              "value": pd.array([r.value for *_, r in usable], dtype="Float64")})
         src = torch.tensor([n for n, _, _ in usable])
         dst = torch.tensor([i for _, i, _ in usable])
         t = torch.tensor([_seconds(r.ts) for *_, r in usable])
-        msg = torch.from_numpy(event_messages(frame, self.weights))
+        msg = self.messages([r.event_type for *_, r in usable], [r.value for *_, r in usable])
         for start, end in node_disjoint_runs(src, dst):
             self.model.observe(src[start:end], dst[start:end], t[start:end], msg[start:end])
         self._item_vectors = None  # item memories moved
@@ -189,9 +196,8 @@ class LiveTGN:
             return self.model.user_queries(torch.tensor([self.nodes[key]]), query_t), "follows your current session"
         known = self.items.indices(query.session_items)
         if query.user_id is None and known:
-            frame = pd.DataFrame({"event_type": ["click"] * len(known), "value": pd.array([None] * len(known), dtype="Float64")})
-            t = query_t.expand(len(known))
-            msg = torch.from_numpy(event_messages(frame, self.weights))
+            # Named items carry no type or time: each counts as a click, now.
+            t, msg = query_t.expand(len(known)), self.click_message.expand(len(known), -1)
             return self.model.session_query(torch.tensor(known), t, msg, query_t), "follows the items in your session"
         return None
 

@@ -35,6 +35,8 @@ from dataclasses import dataclass
 
 import torch
 
+from models.ranking import mask_items
+
 PrefixScoreFn = Callable[[list[list[int]]], torch.Tensor]
 
 
@@ -84,8 +86,9 @@ class NextItemAccumulator:
         self.ranks: list[torch.Tensor] = []
         self.covered = {k: torch.zeros(num_items, dtype=torch.bool) for k in self.ks}
 
-    def add(self, scores: torch.Tensor, targets: torch.Tensor) -> None:
-        """scores [B, num_items] (any device, not modified), targets [B] item indices."""
+    def add(self, scores: torch.Tensor, targets: torch.Tensor, exclude: Sequence[Sequence[int]] | None = None) -> None:
+        """scores [B, num_items] (any device, not modified), targets [B] item indices; exclude[b]: items
+        case b may not rank (e.g. the user's earlier items where nothing is consumed twice)."""
         targets = torch.as_tensor(targets, dtype=torch.long).reshape(-1)
         if scores.shape != (targets.numel(), self.num_items):
             raise ValueError(f"scores have shape {tuple(scores.shape)}, expected {(targets.numel(), self.num_items)}")
@@ -95,6 +98,8 @@ class NextItemAccumulator:
             scores = scores.detach()
             if bool(torch.isnan(scores).any()):
                 scores = torch.nan_to_num(scores, nan=float("-inf"), posinf=float("inf"), neginf=float("-inf"))
+            if exclude is not None:
+                scores = mask_items(scores.clone(), exclude)
             targets = targets.to(scores.device)
             target_scores = scores.gather(1, targets.unsqueeze(1))
             rank = (scores >= target_scores).sum(1)

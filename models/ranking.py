@@ -26,9 +26,15 @@ def top_k_items(
     if allowed is not None:
         scores.masked_fill_(~allowed.expand_as(scores), float("-inf"))
     if exclude is not None:
-        rows = [torch.full((len(ids),), b, dtype=torch.long) for b, ids in enumerate(exclude)]
-        cols = [torch.as_tensor(ids, dtype=torch.long) for ids in exclude]
-        if rows:
-            scores[torch.cat(rows), torch.cat(cols)] = float("-inf")
+        mask_items(scores, exclude)
     values, indices = torch.topk(scores, min(k, scores.size(-1)), dim=-1)
     return (values[0], indices[0]) if squeeze else (values, indices)
+
+
+def mask_items(scores: torch.Tensor, exclude: Sequence[Sequence[int]]) -> torch.Tensor:
+    """Set scores[b, i] = -inf in place for every i in exclude[b]; returns scores."""
+    rows = [torch.full((len(ids),), b, dtype=torch.long) for b, ids in enumerate(exclude)]
+    cols = [torch.as_tensor(ids, dtype=torch.long) for ids in exclude]
+    if rows:
+        scores[torch.cat(rows).to(scores.device), torch.cat(cols).to(scores.device)] = float("-inf")
+    return scores

@@ -28,7 +28,7 @@ from pydantic import Field
 from torch_geometric.data import TemporalData
 
 from graph_builders.edge_weights import EdgeWeights, interaction_key
-from graph_builders.temporal import build_temporal_stream
+from graph_builders.temporal import build_temporal_stream, session_sequences
 from models.cooccurrence import ItemCooccurrence
 from models.item_index import ItemIndex
 from models.next_item import NextItemAccumulator
@@ -107,26 +107,6 @@ class CaseLog:
         return cases
 
 
-def _session_lists(stream: TemporalData, gap_s: float) -> list[list[int]]:
-    """Training sessions for the baselines: each user's events cut at gaps over gap_s."""
-    sessions: dict[tuple[int, int], list[int]] = {}
-    count: dict[int, int] = {}
-    last: dict[int, int] = {}
-    for node, item, t in zip(stream.src.tolist(), stream.dst.tolist(), stream.t.tolist()):
-        if node in last and t - last[node] > gap_s:
-            count[node] = count.get(node, 0) + 1
-        last[node] = t
-        sessions.setdefault((node, count.get(node, 0)), []).append(item)
-    return list(sessions.values())
-
-
-def _masked(scores: torch.Tensor, exclude: list[list[int]] | None) -> torch.Tensor:
-    if exclude:
-        rows = [torch.full((len(items),), row, dtype=torch.long) for row, items in enumerate(exclude)]
-        scores[torch.cat(rows), torch.cat([torch.as_tensor(items, dtype=torch.long) for items in exclude])] = float("-inf")
-    return scores
-
-
 def stream_metrics(model: TGNRecommender, stream: TemporalData, cases: Cases, batch_size: int,
                    exclude: list[list[int]] | None = None) -> dict[str, float]:
     """Replay `stream`, ranking each case from the state before it (see the module docstring)."""
@@ -135,23 +115,24 @@ def stream_metrics(model: TGNRecommender, stream: TemporalData, cases: Cases, ba
 
     def sink(scores: torch.Tensor, targets: torch.Tensor, positions: torch.Tensor) -> None:
         rows = case_row[positions].tolist()
-        accumulator.add(_masked(scores, exclude and [exclude[r] for r in rows]), targets)
+        accumulator.add(scores, targets, exclude and [exclude[r] for r in rows])
 
     replay(model, stream, batch_size, cases.mask, sink)
     return accumulator.result()
 
 
-def baseline_metrics(history: TemporalData, num_items: int, targets: torch.Tensor, cases: Cases,
-                     gap_s: float, exclude: list[list[int]] | None = None) -> dict[str, dict[str, float]]:
-    """Popularity, item co-occurrence and session-kNN, fitted on the history stream, on the same cases."""
-    sessions = _session_lists(history, gap_s)
-    counts = torch.bincount(history.dst, minlength=num_items).float()
+def baseline_metrics(history: pd.DataFrame, items: ItemIndex, targets: torch.Tensor, cases: Cases, gap_s: float,
+                     exclude: list[list[int]] | None = None) -> dict[str, dict[str, float]]:
+    """Popularity, item co-occurrence and session-kNN, fitted on the history events, on the same cases."""
+    sessions = [items.indices(session) for session in session_sequences(history, gap_minutes=gap_s / 60)["item_ids"]]
+    counts = torch.bincount(torch.tensor(items.indices(history["item_id"].astype(str)), dtype=torch.long),
+                            minlength=len(items)).float()
     scorers = {
-        "popularity": lambda batch: counts.expand(len(batch), -1).clone(),
-        "item co-occurrence": ItemCooccurrence.fit(sessions, num_items).scores,
-        "session-kNN": SessionKNN.fit(sessions, num_items).scores,
+        "popularity": lambda batch: counts.expand(len(batch), -1),
+        "item co-occurrence": ItemCooccurrence.fit(sessions, len(items)).scores,
+        "session-kNN": SessionKNN.fit(sessions, len(items)).scores,
     }
-    return {name: score_cases(score, cases.prefixes, targets, num_items, exclude) for name, score in scorers.items()}
+    return {name: score_cases(score, cases.prefixes, targets, len(items), exclude) for name, score in scorers.items()}
 
 
 def score_cases(score, inputs: list, targets: torch.Tensor, num_items: int,
@@ -159,8 +140,8 @@ def score_cases(score, inputs: list, targets: torch.Tensor, num_items: int,
     """Next-item metrics of `score(inputs[batch]) -> [B, I]` over the cases."""
     accumulator = NextItemAccumulator(num_items, ks=KS)
     for start in range(0, len(inputs), batch_size):
-        scores = score(inputs[start:start + batch_size])
-        accumulator.add(_masked(scores, exclude and exclude[start:start + batch_size]), targets[start:start + batch_size])
+        batch = slice(start, start + batch_size)
+        accumulator.add(score(inputs[batch]), targets[batch], exclude and exclude[batch])
     return accumulator.result()
 
 
@@ -172,7 +153,7 @@ class NextItemRun:
     result: TGNTrainingResult  # its model holds the state after ALL events
     items: ItemIndex
     nodes: dict[str, int]  # user key -> node id
-    history: TemporalData
+    history: pd.DataFrame  # the train + validation events
     test: TemporalData
     cases: Cases
     metrics: dict[str, float]
@@ -213,7 +194,7 @@ def run_next_item(data: TrainingData, options: TGNOptions, weights: EdgeWeights 
     cases = case_log.feed(test)
     metrics = stream_metrics(result.model, test, cases, config.batch_size, cases.earlier)
     log.info("tgn: test %s", " ".join(f"{k} {v:.4f}" for k, v in metrics.items()))
-    return NextItemRun(options, result, items, nodes, _concat(train, validation), test, cases, metrics,
+    return NextItemRun(options, result, items, nodes, data.history, test, cases, metrics,
                        time.perf_counter() - started)
 
 
@@ -224,7 +205,7 @@ def train_tgn_artifact(data: TrainingData, artifacts: ArtifactStore, overrides: 
     run = run_next_item(data, options, weights)
     model, result, items = run.result.model, run.result, run.items
     keys = list(run.nodes)
-    baselines = baseline_metrics(run.history, len(items), run.targets, run.cases, options.session_gap_s, run.exclude)
+    baselines = baseline_metrics(run.history, items, run.targets, run.cases, options.session_gap_s, run.exclude)
     applied_through = data.through_event_id
 
     def build(folder: Path) -> None:
@@ -260,7 +241,3 @@ def train_tgn_artifact(data: TrainingData, artifacts: ArtifactStore, overrides: 
             "user_count": len(run.nodes),
         },
     )
-
-
-def _concat(*streams: TemporalData) -> TemporalData:
-    return TemporalData(**{key: torch.cat([s[key] for s in streams]) for key in ("src", "dst", "t", "msg")})

@@ -212,3 +212,12 @@ def test_sknn_beats_popularity_on_yoochoose():
     assert pop["recall@20"] < 0.2
     assert sknn["recall@20"] > pop["recall@20"] + 0.3
     assert sknn["mrr@20"] > 3 * pop["mrr@20"]
+
+
+def test_excluded_items_cannot_outrank_the_target():
+    scores = torch.tensor([[0.9, 0.5, 0.1]])
+    plain, masked = NextItemAccumulator(3, ks=(1,)), NextItemAccumulator(3, ks=(1,))
+    plain.add(scores, torch.tensor([1]))
+    masked.add(scores, torch.tensor([1]), exclude=[[0]])
+    assert plain.result()["recall@1"] == 0.0 and masked.result()["recall@1"] == 1.0
+    assert scores[0, 0] == 0.9  # the caller's scores are left as they were
