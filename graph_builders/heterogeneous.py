@@ -7,6 +7,7 @@ Node types (always present, possibly with 0 nodes, so every dataset yields the s
     provider, category   distinct non-empty values of the items' columns
     badge     distinct entries of the items' badges lists
     device    distinct devices of users and events
+    attribute "key=value" for the users' attrs named in `user_attribute_keys` (`user_attribute_values`)
   and "promotion" only when some item's attrs carry "promotions" (a string or a list of strings).
 
 Edge types, each with its reverse "rev_<relation>" (torch_geometric.transforms.ToUndirected):
@@ -17,6 +18,7 @@ Edge types, each with its reverse "rev_<relation>" (torch_geometric.transforms.T
     (item, in_category, category)
     (user, uses, device)          users.device, else the user's most frequent event device
                                   (ties -> alphabetically first): the cold-start meta-path device -> users -> items
+    (user, has_attribute, attribute)  the meta-path attribute -> users -> items (age band, gender, ...)
     (item, in_promotion, promotion)   only when promotions exist
 
 Nodes carry `num_nodes` and no features: HGT learns an embedding per node.
@@ -38,6 +40,26 @@ from graph_builders.bipartite import index_of, item_id_order
 from graph_builders.edge_weights import EdgeWeights, aggregate_interactions, interaction_key
 
 INTERACTS = ("user", "interacts", "item")
+# Users' attrs that describe a segment. Anything else (ids, zip codes, planted demo truths) stays out.
+USER_ATTRIBUTE_KEYS = ("age", "age_band", "gender", "occupation", "country")
+
+
+def user_attribute_values(attrs: object, keys: Iterable[str] = USER_ATTRIBUTE_KEYS) -> list[str]:
+    """A user's attribute nodes, "key=value": numbers by decade ("age=20s"), strings as they are;
+    missing keys, empty values and nested values are skipped. Serving calls it on a request's
+    attributes, so a cold user lands on the same nodes as the trained ones."""
+    if not isinstance(attrs, dict):
+        return []
+    values = []
+    for key in keys:
+        value = attrs.get(key)
+        if isinstance(value, bool) or value is None or value == "":
+            continue
+        if isinstance(value, int | float) and np.isfinite(value):
+            values.append(f"{key}={int(value) // 10 * 10}s")
+        elif isinstance(value, str):
+            values.append(f"{key}={value}")
+    return values
 
 
 @dataclass
@@ -91,6 +113,12 @@ def user_devices(events: pd.DataFrame, users: pd.DataFrame) -> pd.DataFrame:
     return pd.concat([declared, modal], ignore_index=True).drop_duplicates("user_key")
 
 
+def _user_attributes(users: pd.DataFrame, keys: Iterable[str]) -> pd.DataFrame:
+    attrs = users["attrs"] if "attrs" in users else [None] * len(users)
+    pairs = [(user, value) for user, cell in zip(users["user_id"], attrs) for value in user_attribute_values(cell, keys)]
+    return pd.DataFrame(pairs, columns=["user_key", "attribute"], dtype=object)
+
+
 def _edge_index(
     sources: pd.Series, targets: pd.Series, source_index: dict[str, int], target_index: dict[str, int]
 ) -> torch.Tensor:
@@ -105,9 +133,11 @@ def build_hetero_graph(
     users: pd.DataFrame | None,
     config: EdgeWeights = EdgeWeights(),
     now: datetime | pd.Timestamp | None = None,
+    user_attribute_keys: Iterable[str] = USER_ATTRIBUTE_KEYS,
 ) -> HeteroGraph:
     """HeteroData with the node and edge types of the module docstring, plus the id maps per node type."""
     users = users if users is not None else pd.DataFrame({"user_id": [], "device": []})
+    attributes = _user_attributes(users, user_attribute_keys)
     pairs = aggregate_interactions(events, config, now=now)
     positive = pairs[pairs["weight"] > 0]
     devices = user_devices(events, users)
@@ -125,6 +155,7 @@ def build_hetero_graph(
         "item": item_id_order(items, events),
         **{kind: sorted(set(frame["target"])) for kind, frame in links.items()},
         "device": sorted(set(users["device"].dropna()) | set(events["device"].dropna())),
+        "attribute": sorted(set(attributes["attribute"])),
     }
     node_index = {kind: index_of(ids) for kind, ids in node_ids.items()}
 
@@ -142,5 +173,8 @@ def build_hetero_graph(
         )
     data["user", "uses", "device"].edge_index = _edge_index(
         devices["user_key"], devices["device"], node_index["user"], node_index["device"]
+    )
+    data["user", "has_attribute", "attribute"].edge_index = _edge_index(
+        attributes["user_key"], attributes["attribute"], node_index["user"], node_index["attribute"]
     )
     return HeteroGraph(data=T.ToUndirected()(data), node_ids=node_ids, node_index=node_index)

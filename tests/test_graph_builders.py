@@ -7,7 +7,7 @@ import torch
 
 from graph_builders.bipartite import BipartiteGraph, csr_from_indices
 from graph_builders.edge_weights import EdgeWeights
-from graph_builders.heterogeneous import build_hetero_graph
+from graph_builders.heterogeneous import build_hetero_graph, user_attribute_values
 from graph_builders.temporal import EVENT_TYPE_ORDER, MESSAGE_DIM, build_temporal_stream, session_sequences
 from stores.frames import EVENT_COLUMNS, ITEM_COLUMNS, USER_COLUMNS
 
@@ -174,6 +174,7 @@ def test_hetero_graph_types_counts_and_cold_user():
         "badge": ["coop", "indie"],
         "promotion": ["spring"],
         "device": ["ios", "tv", "web"],
+        "attribute": ["age=30s"],
     }
     assert {kind: data[kind].num_nodes for kind in data.node_types} == {k: len(v) for k, v in graph.node_ids.items()}
 
@@ -191,8 +192,16 @@ def test_hetero_graph_types_counts_and_cold_user():
     # Declared device first; u1 has none declared, so its most frequent event device (ios, 2 of 3).
     assert edges(("user", "uses", "device")) == {("cold", "tv"), ("u1", "ios"), ("u2", "web")}
     assert edges(("item", "rev_interacts", "user")) == {("a", "u1"), ("c", "u2")}
+    assert edges(("user", "has_attribute", "attribute")) == {("cold", "age=30s")}
     assert ("device", "rev_uses", "user") in data.edge_types
-    assert len(data.edge_types) == 12
+    assert len(data.edge_types) == 14
+
+
+def test_user_attribute_values_bin_numbers_and_skip_the_rest():
+    attrs = {"age": 34, "gender": "F", "occupation": "", "zip": "55105", "country": None, "age_band": ["x"]}
+    assert user_attribute_values(attrs) == ["age=30s", "gender=F"]
+    assert user_attribute_values({"age": 34.9}, keys=["age"]) == ["age=30s"]
+    assert user_attribute_values(None) == []
 
 
 def test_hetero_graph_without_promotions_has_no_promotion_type():
