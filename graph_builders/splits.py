@@ -17,7 +17,9 @@ Protocol
 - Preset: a published split (stores.frames.PresetSplit, e.g. the LightGCN Gowalla split) is kept exactly:
   train = ts < test_from, test = the rest; an optional validation part is the last fraction of train events.
 - Cold start: `held_out_users_split` removes a seeded random fraction of users (interaction keys)
-  entirely from training.
+  entirely from training. `cold_start_cases` builds the cold-start protocol on it: each held-out user
+  is given their device and attributes plus their chronologically first g relevant items (g in
+  `given`, e.g. 0, 1, 3), and is measured on their other relevant items (see its docstring).
 - Ground truth (`evaluation_targets`): for users who also appear in train, the test (user, item) pairs with
   an undecayed total weight >= min_weight (default 1.0 = one click: an impression alone or a 1-2 star
   rating is not a relevant item), deduplicated, restricted to items that appear in train (a CF model cannot
@@ -27,12 +29,14 @@ Protocol
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from collections.abc import Sequence
+from dataclasses import dataclass, field
 from datetime import timedelta
 
 import numpy as np
 import pandas as pd
 
+from graph_builders.bipartite import item_id_order
 from graph_builders.edge_weights import EdgeWeights, aggregate_interactions, interaction_key
 from stores.frames import PresetSplit
 
@@ -161,3 +165,146 @@ def evaluation_targets(
         pairs = pd.MultiIndex.from_arrays([relevant["user_key"].to_numpy(), relevant["item_id"].to_numpy()])
         relevant = relevant[~pairs.isin(history)]
     return relevant[["user_key", "item_id"]].reset_index(drop=True)
+
+
+@dataclass
+class ColdStartCase:
+    """One held-out user: what is known about them, and what they went on to like."""
+
+    user_key: str
+    device: str | None  # the users frame's device, else the user's most frequent event device
+    attrs: dict  # the users frame's attrs ({} when the user is not in it)
+    given: list[str]  # their first max(given) relevant items, oldest first; the g-interaction case sees given[:g]
+    targets: list[str]  # their other relevant items, sorted: the same for every g
+
+
+@dataclass
+class ColdStartCases:
+    """The cold-start protocol: training data without the held-out users, and one case per measured user."""
+
+    train: pd.DataFrame  # events without any event of a held-out user
+    users: pd.DataFrame  # the users frame without the held-out users
+    item_ids: list[str]  # the ranked catalogue: items with a training event, in `item_id_order`
+    items: pd.DataFrame | None  # the catalogue frame as given (provider, category, badges, ...)
+    cases: list[ColdStartCase]  # held-out users with >= max(given) + 1 relevant items, sorted by key
+    held_out: list[str]  # every held-out key (also those too short to be a case)
+    given: tuple[int, ...]
+    fraction: float
+    seed: int
+    min_weight: float
+    item_index: dict[str, int] = field(init=False, repr=False)
+
+    def __post_init__(self) -> None:
+        self.item_index = {item: i for i, item in enumerate(self.item_ids)}
+
+    def given_items(self, g: int) -> list[list[str]]:
+        """Per case, the first g given item ids."""
+        return [case.given[:g] for case in self.cases]
+
+    def given_indices(self, g: int) -> list[list[int]]:
+        """Per case, the columns (in `item_ids`) of the first g given items."""
+        return [[self.item_index[item] for item in case.given[:g]] for case in self.cases]
+
+    def target_indices(self) -> list[list[int]]:
+        return [[self.item_index[item] for item in case.targets] for case in self.cases]
+
+    def summary(self) -> dict[str, object]:
+        return {
+            "fraction": self.fraction,
+            "seed": self.seed,
+            "given": list(self.given),
+            "min_weight": self.min_weight,
+            "held_out_users": len(self.held_out),
+            "cases": len(self.cases),
+            "train_events": len(self.train),
+            "items": len(self.item_ids),
+            "targets": sum(len(case.targets) for case in self.cases),
+        }
+
+
+def cold_start_cases(
+    events: pd.DataFrame,
+    users: pd.DataFrame | None = None,
+    fraction: float = 0.15,
+    seed: int = 0,
+    given: Sequence[int] = (0, 1, 3),
+    min_weight: float = 1.0,
+    items: pd.DataFrame | None = None,
+    config: EdgeWeights = EdgeWeights(),
+) -> ColdStartCases:
+    """The cold-start protocol (issue 5): held-out users, each given 0, 1, 3 ... of their interactions.
+
+    - `held_out_users_split(events, fraction, seed)` removes a seeded fraction of the users entirely; the
+      returned `train` events and `users` frame no longer contain them.
+    - A held-out user's relevant items are those with an undecayed total weight >= min_weight (the
+      relevance notion of `evaluation_targets`), restricted to items with a training event (no model can
+      rank an item it has never seen). They are ordered by the user's first event on the item (ties: the
+      earlier event row), so "given" is what the user did first.
+    - Only users with at least max(given) + 1 relevant items become cases. Each case's given list is its
+      first max(given) relevant items; its targets are ALL its other relevant items, the same set for
+      every g, so the rows g = 0, 1, 3 are measured on the same users against the same targets and differ
+      only in what the model is told. Relevant items never given are never masked (at g = 0 the first
+      max(given) items are neither targets nor masked: they are just not counted).
+    - Device and attrs come from the users frame (device: else the user's most frequent event device).
+
+    Deterministic: the same frames, fraction and seed give the same cases.
+    """
+    from graph_builders.heterogeneous import user_devices  # lazy: heterogeneous imports torch_geometric
+
+    given = tuple(sorted(set(int(g) for g in given)))
+    if not given or given[0] < 0:
+        raise ValueError(f"given must be non-negative counts, got {given}")
+    users = users if users is not None else pd.DataFrame({"user_id": [], "device": [], "attrs": []})
+    train, held_events, held_out = held_out_users_split(events, fraction, seed)
+    held_set = set(held_out)
+    train_users = users[~users["user_id"].astype(object).isin(held_set)]
+    train_items = set(train["item_id"].dropna())
+    item_ids = [item for item in item_id_order(items, train) if item in train_items]
+
+    relevant = aggregate_interactions(held_events, config.without_decay())
+    relevant = relevant[(relevant["weight"] >= min_weight) & relevant["item_id"].isin(train_items)]
+    # The first event of each (user, item) pair: its time, then its row position as the tie-break.
+    first = pd.DataFrame(
+        {
+            "user_key": interaction_key(held_events).to_numpy(),
+            "item_id": held_events["item_id"].astype(object).to_numpy(),
+            "ts": _utc(held_events).to_numpy(),
+            "row": np.arange(len(held_events)),
+        }
+    )
+    first = first.sort_values(["ts", "row"], kind="stable").drop_duplicates(["user_key", "item_id"])
+    ordered = relevant[["user_key", "item_id"]].merge(first, on=["user_key", "item_id"], how="left")
+    ordered = ordered.sort_values(["user_key", "ts", "row"], kind="stable")
+
+    device_frame = user_devices(held_events, users[users["user_id"].astype(object).isin(held_set)])
+    devices = dict(zip(device_frame["user_key"], device_frame["device"]))
+    attrs_column = users["attrs"] if "attrs" in users else pd.Series([None] * len(users), index=users.index)
+    attrs = {user: cell for user, cell in zip(users["user_id"].astype(object), attrs_column) if user in held_set}
+    need = given[-1]
+    cases = []
+    for user_key, user_items in ordered.groupby("user_key", sort=True)["item_id"]:
+        sequence = user_items.tolist()
+        if len(sequence) < need + 1:
+            continue
+        cell = attrs.get(user_key)
+        cases.append(
+            ColdStartCase(
+                user_key=str(user_key),
+                device=None if devices.get(user_key) is None else str(devices[user_key]),
+                attrs=dict(cell) if isinstance(cell, dict) else {},
+                given=sequence[:need],
+                targets=sorted(sequence[need:]),
+            )
+        )
+    return ColdStartCases(
+        train=train,
+        users=train_users,
+        item_ids=item_ids,
+        items=items,
+        cases=cases,
+        held_out=held_out,
+        given=given,
+        fraction=fraction,
+        seed=seed,
+        min_weight=min_weight,
+    )
