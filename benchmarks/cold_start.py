@@ -53,11 +53,14 @@ from graph_builders.bipartite import BipartiteGraph, csr_from_indices
 from graph_builders.edge_weights import EdgeWeights
 from graph_builders.splits import ColdStartCases, cold_start_cases
 from models.evaluation import evaluate_full_ranking
+from graph_builders.heterogeneous import build_hetero_graph
+from models.hgt_serving import HGTIndex, UserContext
 from models.item_knn import ItemKNN
 from models.metadata_similarity import MetadataSimilarity
 from models.popularity import PopularityModel
 from models.segment_popularity import SegmentPopularity, segments_of
 from pipelines.datasets import read_dataset
+from pipelines.hgt import HGTOptions, fit_selected, serving_index
 from stores.frames import Dataset
 
 Method = Callable[[ColdStartCases, int], "torch.Tensor | None"]
@@ -169,6 +172,32 @@ class ItemKNNMethod(_FittedOnce):
         return self.model(cases).scores_for(given_matrix(cases, g).to_dense())
 
 
+class HGTMethod(_FittedOnce):
+    """HGT (models/hgt.py) trained on the training events and users, epochs selected on held-out edges;
+    a case is placed as a new user node from its device, attributes and given items."""
+
+    def __init__(self, **options) -> None:
+        super().__init__()
+        self.options = HGTOptions(refit=False, **options)
+        self.train_seconds = 0.0
+
+    def fit(self, cases: ColdStartCases) -> HGTIndex:
+        graph = build_hetero_graph(cases.train, cases.items, cases.users, EdgeWeights())
+        with torch.enable_grad():  # fitted lazily, from inside the evaluation's no_grad
+            result = fit_selected(graph, self.options)
+        self.train_seconds = result.train_seconds
+        return serving_index(graph, result, cases.items if cases.items is not None else cases.train[["item_id"]])
+
+    def __call__(self, cases: ColdStartCases, g: int) -> torch.Tensor:
+        index = self.model(cases)
+        columns = torch.tensor([index.items.index[item] for item in cases.item_ids])
+        rows = []
+        for case in cases.cases:
+            found = index.user_vector(UserContext(session_items=case.given[:g], device=case.device, attributes=case.attrs))
+            rows.append(index.item_vectors[columns] @ found[0] if found else torch.zeros(len(columns)))
+        return torch.stack(rows)
+
+
 def default_methods(weights: EdgeWeights = BASELINE_WEIGHTS) -> dict[str, Method]:
     return {
         "popularity": Popularity(weights),
@@ -250,11 +279,16 @@ def main() -> int:
     parser.add_argument("--data-dir", default=DEFAULT_DATA_DIR)
     parser.add_argument("--fraction", type=float, default=0.15)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--hgt", action="store_true", help="also train and measure HGT")
+    parser.add_argument("--hgt-set", nargs="*", default=[], metavar="KEY=VALUE", help="HGT settings (HGTOptions)")
     parser.add_argument("--out", default=None, help="default: benchmarks/results/cold_start_<dataset>.json")
     args = parser.parse_args()
     warnings.filterwarnings("ignore", message="Sparse CSR tensor support is in beta state")
 
-    report = run(args.dataset, fraction=args.fraction, seed=args.seed, data_dir=args.data_dir)
+    methods = default_methods()
+    if args.hgt:
+        methods["hgt"] = HGTMethod(**dict(setting.split("=", 1) for setting in args.hgt_set))
+    report = run(args.dataset, methods, fraction=args.fraction, seed=args.seed, data_dir=args.data_dir)
     print_table(report)
     out = Path(args.out or ROOT / "benchmarks" / "results" / f"cold_start_{args.dataset}.json")
     out.write_text(json.dumps(report, indent=2) + "\n")

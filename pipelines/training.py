@@ -18,6 +18,7 @@ from graph_builders.edge_weights import EdgeWeights
 from models.item_index import ItemIndex
 from models.popularity import PopularityModel
 from pipelines.embedding_sync import sync_artifact_embeddings
+from pipelines.hgt import train_hgt_artifact
 from pipelines.lightgcn import train_lightgcn_artifact
 from pipelines.tgn import train_tgn_artifact
 from pipelines.protocol import RankingProtocol, TrainingData, baseline_metrics, data_window, popularity_scores
@@ -57,12 +58,18 @@ def train_popularity(data: TrainingData, artifacts: ArtifactStore, overrides: di
     )
 
 
-MODELS: dict[str, Trainer] = {"popularity": train_popularity, "lightgcn": train_lightgcn_artifact, "tgn": train_tgn_artifact}
-DEMO_MODELS = ["popularity", "lightgcn", "tgn"]
+MODELS: dict[str, Trainer] = {
+    "popularity": train_popularity,
+    "lightgcn": train_lightgcn_artifact,
+    "tgn": train_tgn_artifact,
+    "hgt": train_hgt_artifact,
+}
+DEMO_MODELS = ["popularity", "lightgcn", "tgn", "hgt"]
 # Demo training stays within a few minutes on a 2-core CPU.
 DEMO_OVERRIDES: dict[str, dict[str, Any]] = {
     "lightgcn": {"time_budget_s": 60.0, "max_epochs": 40},
     "tgn": {"time_budget_s": 60.0, "max_epochs": 10, "batch_size": 1000},
+    "hgt": {"time_budget_s": 60.0, "max_epochs": 10, "batch_size": 1024},
 }
 
 
