@@ -277,7 +277,7 @@ class SeenItems:
 
 def result_variant(request: Any, model_versions: Mapping[str, str | None]) -> tuple:
     """The part of a result-cache key beside the user: every request field that shapes the answer
-    (k, offset, filters, context device, session items, exclude ids, strategy) and the model
-    versions that produced it. `context.time` is left out: it would make every key unique."""
+    (k, offset, filters, context device and attributes, session items, exclude ids, strategy) and the
+    model versions that produced it. `context.time` is left out: it would make every key unique."""
     fields = request.model_dump_json(exclude={"user_id": True, "context": {"time"}})
     return fields, tuple(sorted(model_versions.items()))

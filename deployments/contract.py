@@ -4,6 +4,10 @@
     status() -> ModelStatus
     reconfigure(user_config)   # loads the artifact version named there: hot swap, no restart
 
+Model-specific lookups (HGT's `similar_items` / `provider_items`, popularity's `provider_items`) answer
+a `LookupResult` rather than raising: an unknown item or provider is an answer, not an error, and
+exceptions do not cross Serve handles cleanly.
+
 `ArtifactModel` implements status/reconfigure once: the new version is loaded off the event loop
 and swapped in with one assignment, so requests in flight finish on the version they started with.
 """
@@ -36,6 +40,9 @@ class ModelQuery(BaseModel):
     session_id: str | None = None  # an anonymous visitor's tracked session
     session_items: list[str] = Field(default_factory=list)
     device: str | None = None
+    attributes: dict[str, str | int | float] = Field(
+        default_factory=dict, description="what the client knows of the user (age, country, ...), for cold start"
+    )
     time: datetime | None = Field(default=None, description="when the request is made (default: now)")
     k: int = 10
     exclude_ids: list[str] = Field(default_factory=list)
@@ -54,6 +61,37 @@ class Candidate(BaseModel):
     score: float
     source: str
     reason: str
+
+
+class SimilarItemsQuery(BaseModel):
+    """Items like `item_id` (HGT: sharing its provider, badges, category, or its users)."""
+
+    item_id: str
+    k: int = 10
+    exclude_ids: list[str] = Field(default_factory=list)
+    filters: Filters = Field(default_factory=Filters)
+
+
+class ProviderItemsQuery(BaseModel):
+    """A provider's items, personalised for the user (or session, device, attributes) when known."""
+
+    provider: str
+    user_id: str | None = None
+    session_items: list[str] = Field(default_factory=list)
+    device: str | None = None
+    attributes: dict[str, str | int | float] = Field(default_factory=dict)
+    k: int = 10
+    exclude_ids: list[str] = Field(default_factory=list)
+    filters: Filters = Field(default_factory=Filters)  # category; the provider is `provider`
+
+
+class LookupResult(BaseModel):
+    """A lookup's answer. `missing`: the unknown item or provider ("unknown provider 'x'"), and then no
+    candidates. `version`: the artifact version that answered; None when no artifact is loaded."""
+
+    candidates: list[Candidate] = Field(default_factory=list)
+    missing: str | None = None
+    version: str | None = None
 
 
 class StageAttempt(BaseModel):

@@ -17,7 +17,7 @@ import time
 import uuid
 from collections import defaultdict
 from datetime import UTC, datetime
-from typing import Annotated, Any
+from typing import Annotated, Any, NamedTuple
 
 from fastapi import FastAPI, Path, Request
 from fastapi.exceptions import RequestValidationError
@@ -28,7 +28,15 @@ from ray.serve.handle import DeploymentHandle
 from starlette.middleware.base import BaseHTTPMiddleware
 
 from deployments.caches import CatalogSnapshot, ItemMeta, PerUserCache, SeenItems, result_variant
-from deployments.contract import ModelQuery, ModelStatus
+from deployments.contract import (
+    Candidate,
+    Filters,
+    LookupResult,
+    ModelQuery,
+    ModelStatus,
+    ProviderItemsQuery,
+    SimilarItemsQuery,
+)
 from deployments.metrics import IngressMetrics
 from deployments.schemas import (
     ErrorResponse,
@@ -36,10 +44,14 @@ from deployments.schemas import (
     InteractionBatch,
     InteractionsResponse,
     UNION_TAGS,
+    ProviderItemsRequest,
+    ProviderItemsResponse,
     RecommendedItem,
     RecommendRequest,
     RecommendResponse,
     SessionResponse,
+    SimilarItemsRequest,
+    SimilarItemsResponse,
     StatusResponse,
     StoredEvent,
 )
@@ -57,10 +69,11 @@ class IngressConfig(BaseModel):
 
     namespace: str = "demo"
     cascade: list[str] = Field(
-        default_factory=lambda: ["tgn", "lightgcn", "popularity"], description="model stages, in order"
+        default_factory=lambda: ["tgn", "hgt", "lightgcn", "popularity"], description="model stages, in order"
     )
     stage_timeout_ms: dict[str, float] = Field(
-        default_factory=lambda: {"tgn": 500.0, "lightgcn": 500.0, "popularity": 250.0}
+        default_factory=lambda: {"tgn": 500.0, "hgt": 500.0, "lightgcn": 500.0, "popularity": 250.0},
+        description="per model: how long a cascade stage, or a similar/provider-items call, may take",
     )
     default_stage_timeout_ms: float = 300.0
     status_refresh_s: float = Field(default=5.0, description="how stale a model's loaded/version view may be")
@@ -142,6 +155,33 @@ def _no_sessions() -> JSONResponse:
 
 
 _SESSION_ERRORS = {404: {"model": ErrorResponse}, 503: {"model": ErrorResponse}}
+_LOOKUP_ERRORS = {
+    404: {"model": ErrorResponse, "description": "unknown item or provider; `error` says which"},
+    503: {"model": ErrorResponse, "description": "no model that can answer is loaded, or it failed"},
+}
+# Cache metrics carry an A/B arm; the arms apply to /v1/recommend only.
+NO_ARM = "none"
+
+
+class Exclusions(NamedTuple):
+    """What a request must not be shown, and its session items as the catalogue knows them."""
+
+    exclude: list[str]
+    session_items: list[str]  # in the catalogue, in order
+    unknown_session_items: list[str]
+    complete: bool  # False: the user's seen items could not be read (PostgreSQL down)
+
+
+def _not_found(message: str, field: str) -> JSONResponse:
+    return JSONResponse(ErrorResponse(error=message, fields=[field]).model_dump(), status_code=404)
+
+
+_UNAVAILABLE = {
+    "not_deployed": "is not deployed",
+    "not_loaded": "has no trained artifact loaded",
+    "error": "failed",
+    "timeout": "did not answer in time",
+}
 
 
 def _enrichment(meta: ItemMeta | None) -> dict:
@@ -215,23 +255,17 @@ class Ingress:
         self, request: RecommendRequest, statuses: dict[str, ModelStatus], strategy: str, arm: str
     ) -> tuple[RecommendResponse, bool]:
         """The answer, computed, and whether it is complete enough to be cached."""
-        exclude = list(request.exclude_ids)
-        complete = True
-        if request.filters.exclude_seen and request.user_id:
-            seen, complete = await self._seen_items(request.user_id, arm)
-            exclude += seen
+        exclusions = await self._exclusions(request, arm)
         needed = request.offset + request.k
-        session_items, unknown_session_items = await self._known_session_items(request.session_items, arm)
-        if request.filters.exclude_seen:
-            exclude += session_items  # an anonymous visitor has seen their session's items too
         query = ModelQuery(
             user_id=request.user_id,
             session_id=request.session_id,
-            session_items=session_items,
+            session_items=exclusions.session_items,
             device=request.context.device,
+            attributes=request.context.attributes,
             time=request.context.time,
             k=needed,
-            exclude_ids=exclude,
+            exclude_ids=exclusions.exclude,
             filters=request.filters,
         )
         stages = [self._stage(name, statuses.get(name)) for name in self.config.cascade if name in self.models]
@@ -240,10 +274,7 @@ class Ingress:
             self.metrics.stage_latency.observe(attempt.latency_ms, tags={"stage": attempt.model, "arm": arm})
             if attempt.outcome != "served":
                 self.metrics.fallthroughs.inc(tags={"stage": attempt.model, "reason": attempt.outcome, "arm": arm})
-        page = result.candidates[request.offset : needed]
-        catalog = await self.catalog.lookup(c.item_id for c in page)
-        self.metrics.count_cache("catalog", arm, hits=catalog.hits, misses=catalog.misses)
-        items = [RecommendedItem(**c.model_dump(), **_enrichment(catalog.value.get(c.item_id))) for c in page]
+        items, enriched = await self._enriched(result.candidates[request.offset : needed], arm)
         self._count_request(strategy, arm, items)
         response = RecommendResponse(
             request_id=uuid.uuid4().hex,
@@ -253,14 +284,32 @@ class Ingress:
             items=items,
             models_tried=result.attempts,
             model_versions={name: status.version for name, status in statuses.items()},
-            unknown_session_items=unknown_session_items,
+            unknown_session_items=exclusions.unknown_session_items,
         )
         complete = (
-            complete
-            and all(a.outcome not in ("error", "timeout") for a in result.attempts)
-            and len(catalog.value) == len({c.item_id for c in page})
+            exclusions.complete and all(a.outcome not in ("error", "timeout") for a in result.attempts) and enriched
         )
         return response, complete
+
+    async def _exclusions(self, request: RecommendRequest | ProviderItemsRequest, arm: str) -> Exclusions:
+        """The request's exclude_ids and, with `filters.exclude_seen`, the user's seen items and the
+        session's own items (an anonymous visitor has seen those too)."""
+        exclude = list(request.exclude_ids)
+        complete = True
+        if request.filters.exclude_seen and request.user_id:
+            seen, complete = await self._seen_items(request.user_id, arm)
+            exclude += seen
+        session_items, unknown_session_items = await self._known_session_items(request.session_items, arm)
+        if request.filters.exclude_seen:
+            exclude += session_items
+        return Exclusions(exclude, session_items, unknown_session_items, complete)
+
+    async def _enriched(self, page: list[Candidate], arm: str) -> tuple[list[RecommendedItem], bool]:
+        """The page's items with their catalogue fields, and whether the catalogue knew all of them."""
+        catalog = await self.catalog.lookup(c.item_id for c in page)
+        self.metrics.count_cache("catalog", arm, hits=catalog.hits, misses=catalog.misses)
+        items = [RecommendedItem(**c.model_dump(), **_enrichment(catalog.value.get(c.item_id))) for c in page]
+        return items, len(catalog.value) == len({c.item_id for c in page})
 
     async def _known_session_items(self, session_items: list[str], arm: str) -> tuple[list[str], list[str]]:
         """(the session items in the catalogue, in order; the others, once each)."""
@@ -292,6 +341,107 @@ class Ingress:
             return frozenset(), False
         self.metrics.count_cache("seen", arm, hits=int(hit), misses=int(not hit))
         return seen, True
+
+    # -- similar items and provider items ---------------------------------------------------------
+    @api.post(
+        "/v1/similar_items",
+        response_model=SimilarItemsResponse,
+        responses=_LOOKUP_ERRORS,
+        summary="Items similar to an item (HGT)",
+    )
+    async def similar_items(self, request: SimilarItemsRequest) -> SimilarItemsResponse | JSONResponse:
+        """Items like `item_id`, by HGT: sharing its provider or badges, or liked by the same users. An item
+        added to the catalogue after training is known from its provider, badges and category.
+        404: the item is unknown. 503: HGT is not loaded, failed or timed out (there is no fallback)."""
+        needed = request.offset + request.k
+        query = SimilarItemsQuery(
+            item_id=request.item_id,
+            k=needed,
+            exclude_ids=[*request.exclude_ids, request.item_id],
+            filters=request.filters,
+        )
+        result, outcome = await self._lookup("similar_items", "hgt", query)
+        if result is None:
+            message = f"similar items need the hgt model, which {_UNAVAILABLE[outcome]}; retry later"
+            return _unavailable(message, self.config.retry_after_s)
+        if result.missing is not None:
+            return _not_found(result.missing, "item_id")
+        items, _ = await self._enriched(result.candidates[request.offset : needed], NO_ARM)
+        return SimilarItemsResponse(
+            request_id=uuid.uuid4().hex, item_id=request.item_id, items=items, model="hgt", version=result.version
+        )
+
+    @api.post(
+        "/v1/provider_items",
+        response_model=ProviderItemsResponse,
+        responses=_LOOKUP_ERRORS,
+        summary="A provider's items, personalised (HGT; popularity while HGT is not loaded)",
+    )
+    async def provider_items(self, request: ProviderItemsRequest) -> ProviderItemsResponse | JSONResponse:
+        """The provider's items, ranked by HGT for the user (or their session, `context.device` and
+        `context.attributes`) when anything of them is known, else by popularity. While HGT is not loaded,
+        fails or times out, the popularity model answers instead. `filters.exclude_seen` (default true)
+        leaves out the user's seen items and the session's items, as /v1/recommend does.
+        404: the provider is unknown. 503: neither model could answer."""
+        exclusions = await self._exclusions(request, NO_ARM)
+        needed = request.offset + request.k
+        query = ProviderItemsQuery(
+            provider=request.provider,
+            user_id=request.user_id,
+            session_items=exclusions.session_items,
+            device=request.context.device,
+            attributes=request.context.attributes,
+            k=needed,
+            exclude_ids=exclusions.exclude,
+            filters=Filters(category=request.filters.category),
+        )
+        outcomes = {}
+        for model in ("hgt", "popularity"):
+            result, outcomes[model] = await self._lookup("provider_items", model, query)
+            if result is not None:
+                break
+        else:
+            why = ", ".join(f"{model} {_UNAVAILABLE[outcome]}" for model, outcome in outcomes.items())
+            return _unavailable(f"provider items cannot be served ({why}); retry later", self.config.retry_after_s)
+        if result.missing is not None:
+            return _not_found(result.missing, "provider")
+        items, _ = await self._enriched(result.candidates[request.offset : needed], NO_ARM)
+        return ProviderItemsResponse(
+            request_id=uuid.uuid4().hex,
+            provider=request.provider,
+            user_id=request.user_id,
+            items=items,
+            model=model,
+            version=result.version,
+            unknown_session_items=exclusions.unknown_session_items,
+        )
+
+    async def _lookup(self, endpoint: str, model: str, query: BaseModel) -> tuple[LookupResult | None, str]:
+        """Call `model`'s method `endpoint` under the model's stage timeout: (its answer, the outcome).
+        The answer is None, and the outcome says why, when the model is not deployed, has no artifact
+        loaded, failed or timed out; "not_found" and "served" come with the answer."""
+        if model not in self.models:
+            return None, "not_deployed"
+        timeout_ms = self.config.stage_timeout_ms.get(model, self.config.default_stage_timeout_ms)
+        started = time.perf_counter()
+        result: LookupResult | None = None
+        try:
+            result = await asyncio.wait_for(getattr(self.models[model], endpoint).remote(query), timeout_ms / 1000)
+        except TimeoutError:
+            log.warning("%s %s timed out after %.0f ms", model, endpoint, timeout_ms)
+            outcome = "timeout"
+        except Exception:  # noqa: BLE001 - one model's failure is an answer (503 or the fallback), not a 500
+            log.exception("%s %s failed", model, endpoint)
+            outcome = "error"
+        else:
+            if result.version is None:
+                outcome, result = "not_loaded", None
+            else:
+                outcome = "not_found" if result.missing is not None else "served"
+        tags = {"endpoint": endpoint, "source": model}
+        self.metrics.lookup_latency.observe((time.perf_counter() - started) * 1000, tags=tags)
+        self.metrics.lookups.inc(tags={**tags, "outcome": outcome})
+        return result, outcome
 
     # -- interactions ----------------------------------------------------------------------------
     @api.post("/v1/interactions", response_model=InteractionsResponse, status_code=201)

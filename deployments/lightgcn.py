@@ -10,11 +10,11 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-import ray
 import torch
 from ray import serve
 
 from deployments.contract import ArtifactModel, Candidate, ModelQuery
+from deployments.devices import replica_device
 from models.embeddings import UserItemEmbeddings
 from models.item_index import ItemIndex
 from models.ranking import top_k_items
@@ -66,11 +66,6 @@ class LoadedLightGCN:
                 if v != float("-inf")
             ]
         return results
-
-
-def replica_device() -> str:
-    """cuda when Ray gave this replica a GPU share, else cpu."""
-    return "cuda" if torch.cuda.is_available() and ray.get_gpu_ids() else "cpu"
 
 
 @serve.deployment(user_config={"version": "current"})

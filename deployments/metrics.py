@@ -54,6 +54,21 @@ class IngressMetrics:
             tag_keys=("call", "outcome"),
         )
 
+        # /v1/similar_items and /v1/provider_items: one count per model asked. outcome: "served",
+        # "not_found" (unknown item or provider), "not_loaded", "error" or "timeout"; for
+        # provider_items, HGT's failures are followed by popularity's attempt.
+        self.lookups = Counter(
+            "recserve_lookups",
+            description="Model calls of the similar-items and provider-items endpoints, by endpoint, model and outcome.",
+            tag_keys=("endpoint", "source", "outcome"),
+        )
+        self.lookup_latency = Histogram(
+            "recserve_lookup_latency_ms",
+            description="Latency of each model call of the similar-items and provider-items endpoints.",
+            boundaries=LATENCY_BOUNDARIES_MS,
+            tag_keys=("endpoint", "source"),
+        )
+
     def count_cache(self, cache: str, arm: str, hits: int, misses: int) -> None:
         tags = {"cache": cache, "arm": arm}
         if hits:

@@ -1,13 +1,17 @@
-"""Popularity on its own deployment: overall, per device, and within a category or provider."""
+"""Popularity on its own deployment: overall, per device, and within a category or provider.
+
+It is also the fallback of /v1/provider_items while HGT is not loaded: `provider_items` lists a
+provider's items by popularity (on the request's device when it has that device's counts).
+"""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from ray import serve
 
-from deployments.contract import ArtifactModel, Candidate, ModelQuery
+from deployments.contract import ArtifactModel, Candidate, LookupResult, ModelQuery, ProviderItemsQuery
 from models.item_index import ItemIndex
 from models.popularity import PopularityModel
 from models.ranking import top_k_items
@@ -17,6 +21,34 @@ from models.ranking import top_k_items
 class LoadedPopularity:
     model: PopularityModel
     items: ItemIndex
+    providers: frozenset[str] = field(init=False, repr=False)
+
+    def __post_init__(self) -> None:
+        self.providers = frozenset(p for p in self.items.providers if p is not None)
+
+    def rank(
+        self,
+        device: str | None,
+        k: int,
+        exclude_ids: list[str],
+        category: str | None,
+        provider: str | None,
+        unseen_too: bool = False,
+    ) -> list[Candidate]:
+        """The top k by popularity (on `device` when known). Items nobody interacted with (score 0) are
+        left out unless `unseen_too`: a "popular" list should not end in arbitrary ones."""
+        scores = self.model.scores(device)
+        per_device = device is not None and device in self.model.by_device
+        allowed = self.items.mask(category, provider)
+        values, indices = top_k_items(scores, k, [self.items.indices(exclude_ids)], allowed)
+        scope = f"on {device}" if per_device else "overall"
+        if category:
+            scope += f" in {category}"
+        return [
+            Candidate(item_id=self.items.item_ids[i], score=float(v), source="popularity", reason=f"popular {scope}")
+            for v, i in zip(values.tolist(), indices.tolist())
+            if v != float("-inf") and (v > 0 or unseen_too)
+        ]
 
 
 @serve.deployment(user_config={"version": "current"})
@@ -30,16 +62,16 @@ class PopularityDeployment(ArtifactModel[LoadedPopularity]):
         loaded = self.loaded
         if loaded is None:
             return []
-        scores = loaded.model.scores(query.device)
-        per_device = query.device is not None and query.device in loaded.model.by_device
-        allowed = loaded.items.mask(query.filters.category, query.filters.provider)
-        exclude = [loaded.items.indices(query.exclude_ids)]
-        values, indices = top_k_items(scores, query.k, exclude, allowed)
-        scope = f"on {query.device}" if per_device else "overall"
-        if query.filters.category:
-            scope += f" in {query.filters.category}"
-        return [
-            Candidate(item_id=loaded.items.item_ids[i], score=float(v), source=self.model_name, reason=f"popular {scope}")
-            for v, i in zip(values.tolist(), indices.tolist())
-            if v != float("-inf") and v > 0
-        ]
+        return loaded.rank(query.device, query.k, query.exclude_ids, query.filters.category, query.filters.provider)
+
+    async def provider_items(self, query: ProviderItemsQuery) -> LookupResult:
+        """The provider's items by popularity; all of them, the unpopular last (it is their catalogue page)."""
+        loaded, manifest = self.loaded, self.manifest
+        if loaded is None or manifest is None:
+            return LookupResult()
+        if query.provider not in loaded.providers:
+            return LookupResult(missing=f"unknown provider {query.provider!r}", version=manifest.version)
+        candidates = loaded.rank(
+            query.device, query.k, query.exclude_ids, query.filters.category, query.provider, unseen_too=True
+        )
+        return LookupResult(candidates=candidates, version=manifest.version)

@@ -2,14 +2,19 @@
 
 from __future__ import annotations
 
+import math
 from datetime import UTC, datetime, timedelta
 from typing import Annotated, Any, Literal
 
 from pydantic import (
     BaseModel,
+    BeforeValidator,
     ConfigDict,
     Discriminator,
     Field,
+    StrictFloat,
+    StrictInt,
+    StrictStr,
     StringConstraints,
     Tag,
     ValidationInfo,
@@ -24,6 +29,9 @@ MAX_K = 100
 MAX_BATCH_EVENTS = 500
 # Clients' clocks drift; an event much later than the server's now is a bug, not a future event.
 MAX_CLOCK_SKEW = timedelta(minutes=5)
+MAX_ATTRIBUTES = 20
+MAX_ATTRIBUTE_KEY = 64
+MAX_ATTRIBUTE_TEXT = 128
 
 Id = Annotated[str, StringConstraints(min_length=1, max_length=128, strip_whitespace=True)]
 Strategy = Literal["cascade", "fusion"]
@@ -37,9 +45,43 @@ class RecommendFilters(Filters):
     exclude_seen: bool = Field(default=True, description="leave out items the user already interacted with")
 
 
+def _bounded_attributes(value: Any) -> Any:
+    """All of `context.attributes`' checks in one place, so a 422 names `context.attributes` (not one
+    entry per member of the value union) and says which attribute is wrong."""
+    if not isinstance(value, dict):
+        raise ValueError("attributes must be an object of name -> string or number")
+    if len(value) > MAX_ATTRIBUTES:
+        raise ValueError(f"at most {MAX_ATTRIBUTES} attributes, got {len(value)}")
+    for key, item in value.items():
+        if not 1 <= len(key) <= MAX_ATTRIBUTE_KEY:
+            raise ValueError(f"attribute names are 1 to {MAX_ATTRIBUTE_KEY} characters, got one of {len(key)}")
+        if isinstance(item, bool) or not isinstance(item, str | int | float):
+            raise ValueError(f"attribute {key!r} must be a string or a number")
+        if isinstance(item, str) and len(item) > MAX_ATTRIBUTE_TEXT:
+            raise ValueError(f"attribute {key!r} is longer than {MAX_ATTRIBUTE_TEXT} characters")
+        if isinstance(item, float) and not math.isfinite(item):
+            raise ValueError(f"attribute {key!r} must be a finite number")
+    return value
+
+
+AttributeValue = Annotated[StrictStr, StringConstraints(max_length=MAX_ATTRIBUTE_TEXT)] | StrictInt | StrictFloat
+Attributes = Annotated[
+    dict[Annotated[str, StringConstraints(min_length=1, max_length=MAX_ATTRIBUTE_KEY)], AttributeValue],
+    BeforeValidator(_bounded_attributes),
+    Field(json_schema_extra={"maxProperties": MAX_ATTRIBUTES}),
+]
+
+
 class RequestContext(Strict):
     device: Id | None = None
     time: datetime | None = Field(default=None, description="the client's local time, for time-of-day context")
+    attributes: Attributes = Field(
+        default_factory=dict,
+        description=f"what is known of the user, e.g. {{\"age\": 27, \"country\": \"DE\"}}: up to {MAX_ATTRIBUTES} "
+        f"names of up to {MAX_ATTRIBUTE_KEY} characters, each a number or a string of up to {MAX_ATTRIBUTE_TEXT}. "
+        "HGT serves a new user from them (and from `device`)",
+        examples=[{"age": 27, "country": "DE"}],
+    )
 
 
 class RecommendRequest(Strict):
@@ -79,6 +121,51 @@ class RecommendResponse(BaseModel):
     cached: bool = Field(
         default=False, description="served from the per-user result cache (items as first computed, within its TTL)"
     )
+    unknown_session_items: list[str] = Field(
+        default_factory=list, description="session_items that are not in the catalogue; the models did not see them"
+    )
+
+
+class SimilarItemsRequest(Strict):
+    item_id: Id = Field(description="the item to find similar items for")
+    k: int = Field(default=10, ge=1, le=MAX_K)
+    offset: int = Field(default=0, ge=0, le=1000, description="skip this many results (paging)")
+    filters: Filters = Field(default_factory=Filters, description="only items in this category and/or of this provider")
+    exclude_ids: list[Id] = Field(default_factory=list, max_length=500)
+
+
+class ProviderItemsFilters(Strict):
+    category: str | None = Field(default=None, max_length=128)
+    exclude_seen: bool = Field(
+        default=True, description="leave out items the user already interacted with (and the session's items)"
+    )
+
+
+class ProviderItemsRequest(Strict):
+    provider: Id = Field(description="the provider (studio, brand, seller) whose items to list")
+    user_id: Id | None = Field(default=None, description="personalise for this user; omit for an anonymous visitor")
+    session_items: list[Id] = Field(default_factory=list, max_length=50, description="anonymous session, oldest first")
+    context: RequestContext = Field(default_factory=RequestContext)
+    k: int = Field(default=10, ge=1, le=MAX_K)
+    offset: int = Field(default=0, ge=0, le=1000, description="skip this many results (paging)")
+    filters: ProviderItemsFilters = Field(default_factory=ProviderItemsFilters)
+    exclude_ids: list[Id] = Field(default_factory=list, max_length=500)
+
+
+class ItemListResponse(BaseModel):
+    request_id: str
+    items: list[RecommendedItem]
+    model: str = Field(description="the model that answered")
+    version: str | None = Field(description="that model's artifact version")
+
+
+class SimilarItemsResponse(ItemListResponse):
+    item_id: str
+
+
+class ProviderItemsResponse(ItemListResponse):
+    provider: str
+    user_id: str | None
     unknown_session_items: list[str] = Field(
         default_factory=list, description="session_items that are not in the catalogue; the models did not see them"
     )

@@ -146,6 +146,22 @@ def test_status_health_and_openapi(service):
     assert {"/v1/recommend", "/v1/interactions", "/v1/status", "/healthz"} <= set(spec["paths"])
 
 
+def test_without_hgt_provider_items_come_from_popularity_and_similar_items_are_503(service):
+    base, store, _ = service
+    items = store.items_frame()
+    provider = items["provider"].value_counts().index[0]
+    response = post(base, "/v1/provider_items", {"provider": provider, "k": 100, "context": {"device": "web"}})
+    assert response.status_code == 200, response.text
+    body = response.json()
+    assert body["model"] == "popularity" and body["version"] and body["items"]
+    assert {i["provider"] for i in body["items"]} == {provider} and {i["source"] for i in body["items"]} == {"popularity"}
+    assert {i["item_id"] for i in body["items"]} <= set(items.loc[items["provider"] == provider, "item_id"])
+    unknown = post(base, "/v1/provider_items", {"provider": "Nobody Games"})
+    assert unknown.status_code == 404 and unknown.json()["error"] == "unknown provider 'Nobody Games'"
+    similar = post(base, "/v1/similar_items", {"item_id": items["item_id"].iloc[0]})
+    assert similar.status_code == 503 and "hgt" in similar.json()["error"] and similar.headers["Retry-After"]
+
+
 def test_metrics_are_exported(service):
     base, store, metrics_port = service
     post(base, "/v1/recommend", {"k": 3})
@@ -157,7 +173,8 @@ def test_metrics_are_exported(service):
     while time.monotonic() < deadline:
         text = requests.get(f"http://127.0.0.1:{metrics_port}/metrics", timeout=10).text
         wanted = ["ray_recserve_recommend_requests", "ray_recserve_events_ingested", 'cache="results"',
-                  'cache="seen"', 'cache="catalog"', "ray_recserve_cache_misses", "ray_recserve_catalog_snapshot_items"]
+                  'cache="seen"', 'cache="catalog"', "ray_recserve_cache_misses", "ray_recserve_catalog_snapshot_items",
+                  'endpoint="provider_items"', "ray_recserve_lookup_latency_ms"]
         if all(w in text for w in wanted) and "ray_recserve_cache_hits" in text:
             return
         time.sleep(3)
