@@ -13,13 +13,19 @@ import ray
 from pydantic import BaseModel, ConfigDict, Field
 from ray.serve import Application
 
+from deployments.hgt import HGTDeployment
 from deployments.ingress import Ingress, IngressConfig
 from deployments.lightgcn import LightGCNDeployment
 from deployments.popularity import PopularityDeployment
 from deployments.tgn import TGNDeployment
 from stores.settings import get_settings
 
-MODEL_DEPLOYMENTS = {"tgn": TGNDeployment, "lightgcn": LightGCNDeployment, "popularity": PopularityDeployment}
+MODEL_DEPLOYMENTS = {
+    "tgn": TGNDeployment,
+    "hgt": HGTDeployment,
+    "lightgcn": LightGCNDeployment,
+    "popularity": PopularityDeployment,
+}
 
 
 class ModelPlacement(BaseModel):

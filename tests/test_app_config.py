@@ -3,7 +3,7 @@
 import pytest
 import yaml
 
-from deployments.app import AppArgs, ModelPlacement, actor_options, build_app
+from deployments.app import MODEL_DEPLOYMENTS, AppArgs, ModelPlacement, actor_options, build_app
 from pipelines.serving import DEFAULT_CONFIG, load_serve_config
 
 
@@ -41,3 +41,16 @@ def test_port_override_keeps_the_rest(tmp_path):
     assert config.http_options.port == 18123
     assert config.applications[0].args["namespace"] == "t_ns"
     assert yaml.safe_load(DEFAULT_CONFIG.read_text())["http_options"]["port"] == 8000
+
+
+def test_one_replica_of_everything_fits_two_cores():
+    """`recserve serve` starts Ray with the machine's CPUs (2 here, and in CI): the ingress plus one
+    replica of every model must fit, or a deployment waits forever for its CPU share."""
+    raw = yaml.safe_load(DEFAULT_CONFIG.read_text())["applications"][0]
+    models = AppArgs.model_validate(raw["args"]).models
+    assert set(models) == set(MODEL_DEPLOYMENTS)  # every model is placed explicitly
+    ingress = next(d for d in raw["deployments"] if d["name"] == "Ingress")
+    total = ingress["ray_actor_options"]["num_cpus"] * ingress["num_replicas"]
+    total += sum(p.num_cpus for p in models.values() if p.enabled)
+    assert total <= 2.0, f"{total} CPUs asked for"
+    assert raw["args"]["ingress"]["cascade"] == ["tgn", "hgt", "lightgcn", "popularity"]

@@ -8,6 +8,7 @@ from __future__ import annotations
 import asyncio
 import json
 from datetime import UTC, datetime
+from pathlib import Path
 
 import psycopg2
 import pytest
@@ -395,3 +396,30 @@ def test_popularity_names_an_unknown_provider_and_says_when_not_loaded():
     assert result == LookupResult(missing="unknown provider 'Z'", version="p1")
     assert run(PopularityUnderTest(None).provider_items(ProviderItemsQuery(provider="P"))) == LookupResult()
 
+
+def test_hgt_deployment_loads_without_the_catalogue_when_postgresql_is_down(monkeypatch, tmp_path: Path):
+    import deployments.hgt as hgt
+
+    class Index:
+        added = None
+
+        def add_catalogue_items(self, items):
+            Index.added = len(items)
+            return 0
+
+    class Store:
+        def __init__(self, down: bool):
+            self.down = down
+
+        def items_frame(self):
+            if self.down:
+                raise psycopg2.OperationalError("connection refused")
+            return [1, 2, 3]
+
+    monkeypatch.setattr(hgt.HGTIndex, "load", classmethod(lambda cls, folder, device="cpu": Index()))
+    deployment = object.__new__(hgt.HGTDeployment.func_or_class)
+    deployment.store = Store(down=True)
+    assert isinstance(deployment.load_artifact(tmp_path), Index) and Index.added is None
+    deployment.store = Store(down=False)
+    deployment.load_artifact(tmp_path)
+    assert Index.added == 3
