@@ -193,8 +193,8 @@ class HGTMethod(_FittedOnce):
         columns = torch.tensor([index.items.index[item] for item in cases.item_ids])
         rows = []
         for case in cases.cases:
-            found = index.user_vector(UserContext(session_items=case.given[:g], device=case.device, attributes=case.attrs))
-            rows.append(index.item_vectors[columns] @ found[0] if found else torch.zeros(len(columns)))
+            found = index.user_scores(UserContext(session_items=case.given[:g], device=case.device, attributes=case.attrs))
+            rows.append(found[0][columns] if found else torch.zeros(len(columns)))
         return torch.stack(rows)
 
 

@@ -26,7 +26,7 @@ from graph_builders.edge_weights import EdgeWeights
 from graph_builders.heterogeneous import INTERACTS, HeteroGraph, build_hetero_graph
 from models.embeddings import UserItemEmbeddings
 from models.evaluation import evaluate_full_ranking
-from models.hgt import LayerOutputs
+from models.hgt import LayerOutputs, combine
 from models.hgt_serving import HGTIndex
 from models.hgt_training import REV_INTERACTS, HGTConfig, HGTTrainingResult, train_hgt
 from models.item_index import ItemIndex
@@ -64,7 +64,8 @@ def holdout_interactions(graph: HeteroGraph, fraction: float, seed: int) -> tupl
 def protocol_scores(layers: LayerOutputs, graph: HeteroGraph, protocol: RankingProtocol):
     """A full-ranking score function over the protocol's users (its own user order) and items."""
     rows = torch.tensor([graph.node_index["user"][user] for user in protocol.graph.user_ids], dtype=torch.long)
-    users, items = layers[-1]["user"], layers[-1]["item"]
+    final = combine(layers)
+    users, items = final["user"], final["item"]
     return lambda batch: users[rows[batch]] @ items.T
 
 
@@ -92,7 +93,8 @@ def fit_selected(graph: HeteroGraph, options: HGTOptions) -> HGTTrainingResult:
     fit_data, seen, validation = holdout_interactions(graph, options.validation_fraction, options.seed)
 
     def evaluate(model, layers: LayerOutputs) -> dict[str, float]:
-        users, items = layers[-1]["user"], layers[-1]["item"]
+        final = combine(layers)
+        users, items = final["user"], final["item"]
         return evaluate_full_ranking(lambda batch: users[batch] @ items.T, seen, validation, ks=(20,)).as_dict()
 
     return train_hgt(fit_data, options_config(options), evaluate)
@@ -107,7 +109,26 @@ def serving_index(graph: HeteroGraph, result: HGTTrainingResult, items: pd.DataF
         items=ItemIndex.from_items(graph.node_ids["item"], items),
         badges=item_badges(graph),
         popularity=item_popularity(graph),
+        segment_items=segment_item_shares(graph),
     )
+
+
+def segment_item_shares(graph: HeteroGraph, smoothing: float = 50.0) -> dict[str, torch.Tensor]:
+    """P(item | segment) for each device and attribute node: the summed interaction weights of the
+    segment's users, smoothed towards the overall distribution by `smoothing` pseudo-weight."""
+    weights = graph.data[INTERACTS].edge_weight
+    interactions = torch.sparse_coo_tensor(
+        graph.data[INTERACTS].edge_index, weights, (graph.num_nodes("user"), graph.num_nodes("item")))
+    overall = item_popularity(graph) / weights.sum().clamp(min=1e-9)
+    shares = {}
+    for node_type, relation in (("device", "uses"), ("attribute", "has_attribute")):
+        members, segments = graph.data["user", relation, node_type].edge_index
+        membership = torch.sparse_coo_tensor(
+            torch.stack([segments, members]), torch.ones(members.numel()),
+            (graph.num_nodes(node_type), graph.num_nodes("user")))
+        mass = torch.sparse.mm(membership, interactions).to_dense()
+        shares[node_type] = (mass + smoothing * overall) / (mass.sum(1, keepdim=True) + smoothing)
+    return shares
 
 
 def train_hgt_artifact(data: TrainingData, artifacts: ArtifactStore, overrides: dict[str, Any]) -> Manifest:
@@ -137,9 +158,10 @@ def publish(artifacts: ArtifactStore, data: TrainingData, options: HGTOptions, g
     def build(folder: Path) -> None:
         hyperparameters = options.model_dump(include=set(HYPERPARAMETERS))
         HGTIndex.save(folder, served.model, hyperparameters, served.layers, graph.node_ids, items,
-                      item_badges(graph), item_popularity(graph).tolist())
+                      item_badges(graph), item_popularity(graph).tolist(), segment_item_shares(graph))
         write_json(folder / "users.json", {"user_ids": graph.node_ids["user"]})
-        UserItemEmbeddings(served.layers[-1]["user"].contiguous(), served.layers[-1]["item"].contiguous()).save(folder)
+        final = combine(served.layers)
+        UserItemEmbeddings(final["user"].contiguous(), final["item"].contiguous()).save(folder)
 
     history = [
         {"epoch": c.epoch, "seconds": round(c.train_seconds, 2), "loss": c.loss,

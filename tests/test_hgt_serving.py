@@ -24,23 +24,6 @@ pytestmark = pytest.mark.serve
 FAST = {"max_epochs": 8}
 NEW_ITEM = "g-new-after-training"
 
-# The HGT of c0b3c3a misses these bars on this fixture (per-device popularity, from the same events,
-# clears the device bar). Strict: once the model meets a bar, its test XPASSes, fails, and the mark goes.
-MODEL_GAP_DEVICE = pytest.mark.xfail(
-    strict=True,
-    reason="HGT gives a device-only user nearly the same list whatever the device: smart_tv vs web, a gap of "
-    "0.00-0.05 in smart_tv's top categories over two runs; the bar is 0.27 (per-device popularity: 0.45)",
-)
-MODEL_GAP_SIMILAR = pytest.mark.xfail(
-    strict=True,
-    reason="HGT's similar items share a provider or badges below chance: 0.22-0.25 over two runs, 0.35 by "
-    "chance; the bar is 0.55",
-)
-MODEL_GAP_NEW_ITEM = pytest.mark.xfail(
-    strict=True,
-    reason="an item embedded from its facets has 1-2 of its 5 similar items sharing them over two runs; the bar is 3",
-)
-
 
 @pytest.fixture(scope="module")
 def service(dsn, tmp_path_factory):
@@ -84,7 +67,6 @@ def category_shares(item_ids: pd.Series, items: pd.DataFrame) -> pd.Series:
 # -- cold start in the cascade ----------------------------------------------------------------------
 
 
-@MODEL_GAP_DEVICE
 def test_a_new_user_with_only_a_device_gets_that_devices_segment(service):
     base, store, _ = service
     events, items = store.events_frame(), store.items_frame()
@@ -148,7 +130,6 @@ def related(items: pd.DataFrame):
     return lambda a, b: providers[a] == providers[b] or bool(badges[a] & badges[b])
 
 
-@MODEL_GAP_SIMILAR
 def test_similar_items_share_provider_or_badges_far_more_often_than_chance(service):
     base, store, version = service
     items, events = store.items_frame(), store.events_frame()
@@ -190,7 +171,6 @@ def test_an_item_added_after_training_is_served(service):
     assert next(i for i in listed if i["item_id"] == NEW_ITEM)["title"] == "Brand New Game"
 
 
-@MODEL_GAP_NEW_ITEM
 def test_an_item_added_after_training_is_similar_to_items_sharing_its_facets(service):
     base, store, _ = service
     body = post(base, "/v1/similar_items", {"item_id": NEW_ITEM, "k": 5})
