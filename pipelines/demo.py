@@ -47,10 +47,16 @@ def run_demo(settings: Settings, fresh: bool = False, keep_serving: bool = True)
 
 def show_examples(base: str, store: EventStore) -> None:
     user = store.events_frame().iloc[-1]["user_id"]
-    items = store.items_frame()["item_id"].head(3).tolist()
+    catalogue = store.items_frame()
+    items = catalogue["item_id"].head(3).tolist()
+    provider = catalogue["provider"].dropna().iloc[0]
     examples = [
         ("GET", "/healthz", None),
-        ("POST", "/v1/recommend", {"user_id": "brand-new-user", "k": 3, "context": {"device": "ios"}}),
+        # Cold start: HGT places a new user from their device and attributes.
+        ("POST", "/v1/recommend", {"user_id": "brand-new-user", "k": 3,
+                                   "context": {"device": "console", "attributes": {"age_band": "18-24"}}}),
+        ("POST", "/v1/similar_items", {"item_id": items[0], "k": 3}),
+        ("POST", "/v1/provider_items", {"provider": provider, "user_id": user, "k": 3}),
         ("POST", "/v1/recommend", {"k": 3, "filters": {"category": "strategy"}}),
         # A live session: the play is stored, applied to TGN's memory, and TGN answers while it lasts.
         ("POST", "/v1/interactions", {"user_id": user, "item_id": items[0], "event_type": "play", "value": 95,
