@@ -29,6 +29,7 @@ from __future__ import annotations
 import logging
 import math
 import time
+import warnings
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Literal
@@ -188,7 +189,10 @@ def in_batch_softmax(users: Tensor, positives: Tensor, negatives: Tensor, pos: T
 
 
 def link_loader(data: HeteroData, config: HGTConfig, shuffle: bool = True) -> LinkNeighborLoader:
-    sampler = TorchNeighborSampler(data, num_neighbors=config.num_neighbors)
+    with warnings.catch_warnings():
+        # PyG warns that sampling without pyg-lib is deprecated: this sampler is the replacement.
+        warnings.filterwarnings("ignore", message=".*without a 'pyg-lib' installation.*")
+        sampler = TorchNeighborSampler(data, num_neighbors=config.num_neighbors)
     return LinkNeighborLoader(
         data,
         num_neighbors=config.num_neighbors,
