@@ -93,10 +93,8 @@ class HGTIndex:
     def _likeness(self, collaborative: Tensor, facets: Tensor) -> Tensor:
         """Vectors whose dot product is cos(F_i, F_j) + CO_CONSUMPTION_WEIGHT * cos(Z_i, Z_j), Z centred
         on the trained items' mean first (see `similar_items`)."""
-        def unit(x: Tensor, mean: Tensor) -> Tensor:
-            return F.normalize(x - mean, dim=-1)
-
-        return torch.cat([F.normalize(facets, dim=-1), CO_CONSUMPTION_WEIGHT**0.5 * unit(collaborative, self.z_mean)], dim=-1)
+        co_consumption = F.normalize(collaborative - self.z_mean, dim=-1)
+        return torch.cat([F.normalize(facets, dim=-1), CO_CONSUMPTION_WEIGHT**0.5 * co_consumption], dim=-1)
 
     def _facet_vectors(self, facets: Sequence[Mapping[str, Sequence[str]]]) -> Tensor:
         """F: per item, the sum over its facet types (provider, badges, category) of the mean of those

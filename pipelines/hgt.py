@@ -31,6 +31,7 @@ from models.hgt_serving import HGTIndex
 from models.hgt_training import REV_INTERACTS, HGTConfig, HGTTrainingResult, train_hgt
 from models.item_index import ItemIndex
 from pipelines.protocol import RankingProtocol, TrainingData, data_window
+from pipelines.reports import curve_rows
 from stores.artifacts import ArtifactStore, Manifest, write_json
 
 log = logging.getLogger(__name__)
@@ -163,11 +164,7 @@ def publish(artifacts: ArtifactStore, data: TrainingData, options: HGTOptions, g
         final = combine(served.layers)
         UserItemEmbeddings(final["user"].contiguous(), final["item"].contiguous()).save(folder)
 
-    history = [
-        {"epoch": c.epoch, "seconds": round(c.train_seconds, 2), "loss": c.loss,
-         **{f"validation {k}": v for k, v in c.metrics.items() if k in ("recall@20", "ndcg@20")}}
-        for c in selected.history
-    ]
+    history = curve_rows(selected.history)
     return artifacts.publish(
         "hgt",
         build,

@@ -24,6 +24,7 @@ from models.evaluation import evaluate_full_ranking
 from models.item_index import ItemIndex
 from models.lightgcn_training import LightGCNConfig, TrainingResult, train_lightgcn
 from pipelines.protocol import RankingProtocol, TrainingData, data_window
+from pipelines.reports import curve_rows
 from stores.artifacts import ArtifactStore, Manifest, write_json
 
 log = logging.getLogger(__name__)
@@ -94,11 +95,7 @@ def train_lightgcn_artifact(data: TrainingData, artifacts: ArtifactStore, overri
         write_json(folder / "users.json", {"user_ids": served_graph.user_ids})
         items.save(folder)
 
-    history = [
-        {"epoch": c.epoch, "seconds": round(c.train_seconds, 2), "loss": c.loss,
-         **{f"validation {k}": v for k, v in c.metrics.items() if k in ("recall@20", "ndcg@20")}}
-        for c in selected.history
-    ]
+    history = curve_rows(selected.history)
     return artifacts.publish(
         "lightgcn",
         build,

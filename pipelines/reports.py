@@ -45,6 +45,15 @@ def plot_metrics(results: dict[str, dict[str, Any]], path: Path) -> None:
     plt.close(fig)
 
 
+def curve_rows(checkpoints: list[Any]) -> list[dict[str, float]]:
+    """A trainer's checkpoints (epoch, train_seconds, loss, metrics) as the manifest's learning curve."""
+    return [
+        {"epoch": c.epoch, "seconds": round(c.train_seconds, 2), "loss": c.loss,
+         **{f"validation {k}": v for k, v in c.metrics.items() if k in ("recall@20", "ndcg@20")}}
+        for c in checkpoints
+    ]
+
+
 def plot_curves(curves: list[dict[str, float]], path: Path) -> None:
     """A learning curve: held-out metrics (left axis) and training loss (right axis) against training
     time, or epochs when the history has no times."""
