@@ -179,14 +179,12 @@ class HGTMethod(_FittedOnce):
     def __init__(self, **options) -> None:
         super().__init__()
         self.options = HGTOptions(refit=False, **options)
-        self.train_seconds = 0.0
 
     def fit(self, cases: ColdStartCases) -> HGTIndex:
         graph = build_hetero_graph(cases.train, cases.items, cases.users, EdgeWeights())
         with torch.enable_grad():  # fitted lazily, from inside the evaluation's no_grad
             result = fit_selected(graph, self.options)
-        self.train_seconds = result.train_seconds
-        return serving_index(graph, result, cases.items if cases.items is not None else cases.train[["item_id"]])
+        return serving_index(graph, result, cases.items)
 
     def __call__(self, cases: ColdStartCases, g: int) -> torch.Tensor:
         index = self.model(cases)

@@ -13,11 +13,10 @@ from __future__ import annotations
 
 import argparse
 import random
-import statistics
 import uuid
 from datetime import UTC, datetime
 
-from benchmarks.serving_latency import percentiles, timed_run
+from benchmarks.serving_latency import print_ratio_rows, timed_run
 from pipelines import serving
 from stores.event_store import EventStore
 from stores.postgres import Database
@@ -58,12 +57,7 @@ def main() -> None:
         print("|---:|---|---:|---:|---:|---:|---:|---:|")
         for clients in (1, 8):
             samples, flags = timed_run(urls, bodies(args.requests), clients, flag="memory_updated")
-            floor50, floor99 = percentiles(samples["no-op floor"])
-            for name, values in samples.items():
-                p50, p99 = percentiles(values)
-                updated = f"{statistics.mean(flags[name]):.0%}" if name == "recserve" else ""
-                print(f"| {clients} | {name} | {p50:.1f} | {p99:.1f} | {statistics.mean(values):.1f} | "
-                      f"{p50 / floor50:.2f}x | {p99 / floor99:.2f}x | {updated} |", flush=True)
+            print_ratio_rows(str(clients), samples, flags)
     finally:
         serving.stop()
 

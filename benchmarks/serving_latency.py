@@ -67,6 +67,17 @@ def timed_run(
     return samples, cached
 
 
+def print_ratio_rows(lead: str, samples: dict[str, list[float]], flags: dict[str, list[bool]]) -> None:
+    """One Markdown row per app: p50 / p99 / mean and their ratio to the no-op floor of the same run,
+    then the share of recserve's answers that carried the flag."""
+    floor50, floor99 = percentiles(samples["no-op floor"])
+    for name, values in samples.items():
+        p50, p99 = percentiles(values)
+        share = f"{statistics.mean(flags[name]):.0%}" if name == "recserve" else ""
+        print(f"| {lead} | {name} | {p50:.1f} | {p99:.1f} | {statistics.mean(values):.1f} | "
+              f"{p50 / floor50:.2f}x | {p99 / floor99:.2f}x | {share} |", flush=True)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--namespace", default=None)
@@ -102,12 +113,7 @@ def main() -> None:
             fresh = bodies[warmup + row * args.requests : warmup + (row + 1) * args.requests]
             for phase in ("cold", "warm"):
                 samples, cached = timed_run(urls, fresh, clients, prime="recserve" if phase == "warm" else None)
-                floor50, floor99 = percentiles(samples["no-op floor"])
-                for name, values in samples.items():
-                    p50, p99 = percentiles(values)
-                    hits = f"{statistics.mean(cached[name]):.0%}" if name == "recserve" else ""
-                    print(f"| {clients} | {phase} | {name} | {p50:.1f} | {p99:.1f} | {statistics.mean(values):.1f} | "
-                          f"{p50 / floor50:.2f}x | {p99 / floor99:.2f}x | {hits} |", flush=True)
+                print_ratio_rows(f"{clients} | {phase}", samples, cached)
     finally:
         serving.stop()
 

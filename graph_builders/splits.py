@@ -35,6 +35,7 @@ from datetime import timedelta
 
 import numpy as np
 import pandas as pd
+import torch
 
 from graph_builders.bipartite import item_id_order
 from graph_builders.edge_weights import EdgeWeights, aggregate_interactions, interaction_key
@@ -140,6 +141,17 @@ def held_out_users_split(
     held_out = sorted(np.random.default_rng(seed).choice(candidates, size=count, replace=False).tolist())
     is_held = keys.isin(set(held_out)).to_numpy()
     return events[~is_held], events[is_held], held_out
+
+
+def edge_holdout_mask(users: torch.Tensor, items: torch.Tensor, num_users: int, num_items: int,
+                      fraction: float, seed: int) -> torch.Tensor:
+    """Bool mask of a seeded random `fraction` of the (user, item) edges to hold out for validation,
+    leaving every user and item at least one training edge (so every held-out edge can be scored)."""
+    held = torch.rand(users.numel(), generator=torch.Generator().manual_seed(seed)) < fraction
+    for nodes, count in ((users, num_users), (items, num_items)):
+        remaining = torch.bincount(nodes[~held], minlength=count)
+        held &= remaining[nodes] > 0
+    return held
 
 
 def evaluation_targets(

@@ -14,9 +14,9 @@ representation is the mean of its layers, and the score of a link is their dot p
 
     Z[v] = mean_{l=0..L} H^(l)[v]          y(u, i) = Z[u] . Z[i]
 
-The mean keeps each known node's own ID embedding in its representation. Measured on the generated demo
-data, the last layer alone came out nearly the same direction for every user (cosine 0.99): every user
-got the popular items.
+The mean keeps each known node's own ID embedding in its representation; with the last layer alone,
+users trained on the generated demo data all came out in nearly the same direction, and every user got
+the popular items.
 
 Cold start. Each node type has one extra embedding row, the "unseen" token: the input of a node that has
 no trained ID embedding (a new user, a new item). Its output then comes only from the layers, from

@@ -11,28 +11,22 @@ the graph. Then:
   their ID embedding and keep at most 0..`cold_user_max_items` of their interactions (drawn per user);
   a share `cold_item_rate` of its items get the token and lose all their interactions. The layers thus
   learn to place a node from its device, attributes, provider and badges (`models/hgt.py`);
-- BPR (Rendle et al. 2009): L = -mean log sigmoid(y_ui - y_uj) + l2 * ||H^(0)_batch||^2 / B, or
-  (`loss="softmax"`) each positive against the batch's other positives and the random negatives.
+- BPR (Rendle et al. 2009): L = -mean log sigmoid(y_ui - y_uj) + l2 * ||H^(0)_batch||^2 / B.
 
-Small batches matter more than epochs: on the generated demo data, batches of 1024 edges for 4 epochs
-(32 steps) left every cold user with the same popular items whatever their device; batches of 256 for
-20 epochs gave each device its own genres (console: shooters and racing, web: RPGs and strategy).
-BPR kept improving there longer than the softmax did (validation NDCG@20 0.35 against 0.28).
+What counts is the number of optimizer steps: the device and attribute embeddings only learn from the
+batch's cold users, so a small catalogue needs small batches (the default 256) for the devices to get
+their own tastes (tests/test_hgt.py checks that they do).
 
-Model selection: every `eval_every` epochs `evaluate(model, layer_outputs)` is called (validation
-NDCG@20 in `recserve train hgt`); the best state is kept; training stops after `patience` evaluations
-without improvement, `max_epochs`, or `time_budget_s`.
+Model selection (`models/model_selection.py`): every `eval_every` epochs `evaluate(layer_outputs)` is
+called (validation NDCG@20 in `recserve train hgt`); the best state is kept; training stops after
+`patience` evaluations without improvement, `max_epochs`, or `time_budget_s`.
 """
 
 from __future__ import annotations
 
-import logging
-import math
-import time
 import warnings
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Literal
 
 import torch
 import torch.nn.functional as F
@@ -41,13 +35,11 @@ from torch import Tensor
 from torch_geometric.data import HeteroData
 from torch_geometric.loader import LinkNeighborLoader
 from torch_geometric.sampler import NegativeSampling
-from tqdm.auto import tqdm
 
 from graph_builders.heterogeneous import INTERACTS
 from models.hgt import HGTRecommender, LayerOutputs
+from models.model_selection import Checkpoint, train_with_selection
 from models.neighbor_sampling import TorchNeighborSampler
-
-log = logging.getLogger(__name__)
 
 REV_INTERACTS = ("item", "rev_interacts", "user")
 
@@ -60,8 +52,6 @@ class HGTConfig(BaseModel):
     heads: int = Field(default=2, ge=1)
     dropout: float = Field(default=0.1, ge=0, lt=1)
     num_neighbors: list[int] = Field(default_factory=lambda: [10, 5], description="in-edges sampled per node, per hop")
-    loss: Literal["bpr", "softmax"] = Field(default="bpr", description="BPR, or in-batch sampled softmax")
-    temperature: float = Field(default=1.0, gt=0, description="softmax only")
     batch_size: int = Field(default=256, ge=1, description="positive edges per step")
     lr: float = Field(default=3e-3, gt=0)
     l2: float = Field(default=1e-5, ge=0)
@@ -74,14 +64,6 @@ class HGTConfig(BaseModel):
     time_budget_s: float | None = Field(default=None, gt=0)
     seed: int = 0
     device: str = "cpu"
-
-
-@dataclass
-class Checkpoint:
-    epoch: int
-    train_seconds: float
-    loss: float
-    metrics: dict[str, float]
 
 
 @dataclass
@@ -166,10 +148,7 @@ def bpr_step(model: HGTRecommender, batch: HeteroData, config: HGTConfig, device
     out = model(n_id, edge_index, unseen)
     src, pos, neg = src.to(device), pos.to(device), neg.to(device)
     users, positives, negatives = out["user"][src], out["item"][pos], out["item"][neg]
-    if config.loss == "bpr":
-        loss = -F.logsigmoid((users * positives).sum(-1) - (users * negatives).sum(-1)).mean()
-    else:
-        loss = in_batch_softmax(users, positives, negatives, pos, config.temperature)
+    loss = -F.logsigmoid((users * positives).sum(-1) - (users * negatives).sum(-1)).mean()
     ego = torch.cat([
         model.embeddings["user"](n_id["user"][src]),
         model.embeddings["item"](n_id["item"][torch.cat([pos, neg.flatten()])]),
@@ -177,18 +156,7 @@ def bpr_step(model: HGTRecommender, batch: HeteroData, config: HGTConfig, device
     return loss + config.l2 * ego.pow(2).sum() / src.numel()
 
 
-def in_batch_softmax(users: Tensor, positives: Tensor, negatives: Tensor, pos: Tensor, temperature: float) -> Tensor:
-    """Each user's positive against every other positive of the batch and the random negatives. The other
-    positives are drawn in proportion to popularity, so popularity alone cannot solve the task."""
-    candidates = torch.cat([positives, negatives])
-    logits = users @ candidates.T / temperature  # [B, 2B]
-    same_item = pos.unsqueeze(1) == pos.unsqueeze(0)
-    same_item.fill_diagonal_(False)
-    logits[:, : pos.numel()] = logits[:, : pos.numel()].masked_fill(same_item, float("-inf"))
-    return F.cross_entropy(logits, torch.arange(pos.numel(), device=logits.device))
-
-
-def link_loader(data: HeteroData, config: HGTConfig, shuffle: bool = True) -> LinkNeighborLoader:
+def link_loader(data: HeteroData, config: HGTConfig) -> LinkNeighborLoader:
     with warnings.catch_warnings():
         # PyG warns that sampling without pyg-lib is deprecated: this sampler is the replacement.
         warnings.filterwarnings("ignore", message=".*without a 'pyg-lib' installation.*")
@@ -198,7 +166,7 @@ def link_loader(data: HeteroData, config: HGTConfig, shuffle: bool = True) -> Li
         num_neighbors=config.num_neighbors,
         edge_label_index=(INTERACTS, data[INTERACTS].edge_index),
         batch_size=config.batch_size,
-        shuffle=shuffle,
+        shuffle=True,
         neg_sampling=NegativeSampling("triplet", amount=1),
         neighbor_sampler=sampler,
     )
@@ -207,7 +175,7 @@ def link_loader(data: HeteroData, config: HGTConfig, shuffle: bool = True) -> Li
 def train_hgt(
     data: HeteroData,
     config: HGTConfig = HGTConfig(),
-    evaluate: Callable[[HGTRecommender, LayerOutputs], dict[str, float]] | None = None,
+    evaluate: Callable[[LayerOutputs], dict[str, float]] | None = None,
     monitor: str = "ndcg@20",
 ) -> HGTTrainingResult:
     """Train on every positive (user, interacts, item) edge of `data` (a `build_hetero_graph` graph).
@@ -220,56 +188,20 @@ def train_hgt(
     edge_index = {e: data[e].edge_index for e in data.edge_types}
     steps = max(len(loader), 1)
 
-    result = HGTTrainingResult(model, [], best_epoch=0)
-    best_metric, best_state, stale = -math.inf, None, 0
-    progress = tqdm(range(1, config.max_epochs + 1), desc="hgt", unit="epoch", mininterval=2.0)
-    for epoch in progress:
-        started = time.perf_counter()
-        model.train()
+    peak_batch_nodes = 0
+
+    def train_epoch(epoch: int, train_seconds: float) -> float:
+        nonlocal peak_batch_nodes
         epoch_loss = 0.0
         for batch in loader:
-            result.peak_batch_nodes = max(result.peak_batch_nodes, sum(batch[t].num_nodes for t in batch.node_types))
+            peak_batch_nodes = max(peak_batch_nodes, sum(batch[t].num_nodes for t in batch.node_types))
             loss = bpr_step(model, batch, config, device)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
             epoch_loss += loss.item() / steps
-        result.train_seconds += time.perf_counter() - started
-        result.epochs_run = epoch
-        out_of_time = config.time_budget_s is not None and result.train_seconds >= config.time_budget_s
-        progress.set_postfix(loss=f"{epoch_loss:.4f}", train_s=f"{result.train_seconds:.0f}")
+        return epoch_loss
 
-        if evaluate is None or (epoch % config.eval_every and epoch != config.max_epochs and not out_of_time):
-            if evaluate is None:
-                result.history.append(Checkpoint(epoch, result.train_seconds, epoch_loss, {}))
-            if out_of_time:
-                result.stopped_because = "time budget spent"
-                break
-            continue
-        model.eval()
-        layers = model.layer_outputs(edge_index)
-        metrics = evaluate(model, layers)
-        result.history.append(Checkpoint(epoch, result.train_seconds, epoch_loss, metrics))
-        log.info("hgt epoch %d  loss %.4f  %s  (%.0f s training)", epoch, epoch_loss,
-                 "  ".join(f"{k} {v:.4f}" for k, v in metrics.items() if k in ("recall@20", "ndcg@20")), result.train_seconds)
-        if metrics[monitor] > best_metric:
-            best_metric, stale = metrics[monitor], 0
-            best_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
-            result.best_epoch, result.layers = epoch, layers
-        else:
-            stale += 1
-        if config.patience is not None and stale >= config.patience:
-            result.stopped_because = f"no {monitor} improvement in {stale} evaluations"
-            break
-        if out_of_time:
-            result.stopped_because = "time budget spent"
-            break
-    progress.close()
-    result.stopped_because = result.stopped_because or f"{result.epochs_run} epochs"
-    model.eval()
-    if best_state is not None:
-        model.load_state_dict(best_state)
-    else:
-        result.best_epoch = result.epochs_run
-        result.layers = model.layer_outputs(edge_index)
-    return result
+    selection = train_with_selection(model, config, train_epoch, lambda: model.layer_outputs(edge_index), evaluate, monitor, "hgt")
+    return HGTTrainingResult(model, selection.snapshot, selection.best_epoch, selection.history, selection.epochs_run,
+                             selection.train_seconds, peak_batch_nodes, selection.stopped_because)

@@ -21,16 +21,15 @@ Two objectives (`LightGCNConfig.loss`):
   scale. Measured on Gowalla (benchmarks/lightgcn_gowalla.py), cosine scores give the best Recall@20 per
   minute and dot products the better NDCG@20; see BENCHMARKS.md.
 
-Model selection: every `eval_every` epochs the callback `evaluate(embeddings)` is called (validation
-NDCG@20 in `recserve train`); the best state is kept and training stops after `patience` evaluations
-without improvement, after `max_epochs`, or when `time_budget_s` is spent.
+Model selection (`models/model_selection.py`): every `eval_every` epochs the callback
+`evaluate(embeddings)` is called (validation NDCG@20 in `recserve train`); the best state is kept and
+training stops after `patience` evaluations without improvement, after `max_epochs`, or when
+`time_budget_s` is spent.
 """
 
 from __future__ import annotations
 
-import logging
 import math
-import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Literal
@@ -39,12 +38,10 @@ import torch
 import torch.nn.functional as F
 from pydantic import BaseModel, ConfigDict, Field
 from torch import Tensor
-from tqdm.auto import tqdm
 
 from models.embeddings import UserItemEmbeddings
 from models.lightgcn import LightGCN
-
-log = logging.getLogger(__name__)
+from models.model_selection import Checkpoint, train_with_selection
 
 
 class LightGCNConfig(BaseModel):
@@ -75,17 +72,6 @@ class LightGCNConfig(BaseModel):
     def unit_vectors(self) -> bool:
         """Whether the served embeddings are normalised (the model was trained on cosine scores)."""
         return self.loss == "softmax" and self.cosine
-
-
-@dataclass
-class Checkpoint:
-    epoch: int
-    train_seconds: float  # training time so far, evaluation excluded
-    loss: float
-    metrics: dict[str, float]
-
-    def as_dict(self) -> dict:
-        return {"epoch": self.epoch, "train_seconds": round(self.train_seconds, 2), "loss": self.loss, **self.metrics}
 
 
 @dataclass
@@ -175,7 +161,6 @@ def train_lightgcn(
     torch.manual_seed(config.seed)
     generator = torch.Generator().manual_seed(config.seed)
     device = torch.device(config.device)
-    epochs = config.max_epochs
     model = LightGCN(num_users, num_items, config.embedding_dim, config.num_layers).to(device)
     adjacency = adjacency.to(device)
     optimizer = torch.optim.Adam(model.parameters(), lr=config.lr)
@@ -183,12 +168,10 @@ def train_lightgcn(
     num_edges = edge_index.size(1)
     steps_per_epoch = math.ceil(num_edges / config.batch_size)
 
-    result = TrainingResult(model, model.embeddings(adjacency, config.unit_vectors), best_epoch=0)
-    best_metric, best_state, stale = -math.inf, None, 0
-    progress = tqdm(range(1, epochs + 1), desc="lightgcn", unit="epoch", mininterval=2.0)
-    for epoch in progress:
-        started = time.perf_counter()
-        model.train()
+    def train_epoch(epoch: int, train_seconds: float) -> float:
+        # Progress is the epochs done, or the time budget spent, whichever is further along.
+        time_spent = train_seconds / config.time_budget_s if config.time_budget_s else 0.0
+        _schedule_lr(optimizer, config, max((epoch - 1) / config.max_epochs, time_spent))
         epoch_loss = 0.0
         for batch in torch.randperm(num_edges, generator=generator).split(config.batch_size):
             users, pos = edge_index[0, batch], edge_index[1, batch]
@@ -206,47 +189,13 @@ def train_lightgcn(
             loss.backward()
             optimizer.step()
             epoch_loss += loss.item() / steps_per_epoch
-        result.train_seconds += time.perf_counter() - started
-        result.epochs_run = epoch
-        # Progress is the epochs done, or the time budget spent, whichever is further along.
-        time_spent = result.train_seconds / config.time_budget_s if config.time_budget_s else 0.0
-        _schedule_lr(optimizer, config, max(epoch / epochs, time_spent))
-        out_of_time = config.time_budget_s is not None and result.train_seconds >= config.time_budget_s
-        progress.set_postfix(loss=f"{epoch_loss:.4f}", train_s=f"{result.train_seconds:.0f}")
+        return epoch_loss
 
-        if evaluate is None or (epoch % config.eval_every and epoch != epochs and not out_of_time):
-            if evaluate is None:
-                result.history.append(Checkpoint(epoch, result.train_seconds, epoch_loss, {}))
-            if out_of_time:
-                result.stopped_because = "time budget spent"
-                break
-            continue
-        model.eval()
-        embeddings = model.embeddings(adjacency, config.unit_vectors)
-        metrics = evaluate(embeddings)
-        result.history.append(Checkpoint(epoch, result.train_seconds, epoch_loss, metrics))
-        log.info("epoch %d  loss %.4f  %s  (%.0f s training)", epoch, epoch_loss, _fmt(metrics), result.train_seconds)
-        if metrics[monitor] > best_metric:
-            best_metric, stale = metrics[monitor], 0
-            best_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
-            result.best_epoch, result.embeddings = epoch, embeddings
-        else:
-            stale += 1
-        if config.patience is not None and stale >= config.patience:
-            result.stopped_because = f"no {monitor} improvement in {stale} evaluations"
-            break
-        if out_of_time:
-            result.stopped_because = "time budget spent"
-            break
-    progress.close()
-    result.stopped_because = result.stopped_because or f"{result.epochs_run} epochs"
-    if best_state is not None:
-        model.load_state_dict(best_state)
-    else:  # no evaluation: the last state is the result
-        model.eval()
-        result.best_epoch = result.epochs_run
-        result.embeddings = model.embeddings(adjacency, config.unit_vectors)
-    return result
+    selection = train_with_selection(
+        model, config, train_epoch, lambda: model.embeddings(adjacency, config.unit_vectors), evaluate, monitor, "lightgcn"
+    )
+    return TrainingResult(model, selection.snapshot, selection.best_epoch, selection.history, selection.epochs_run,
+                          selection.train_seconds, selection.stopped_because)
 
 
 def _schedule_lr(optimizer: torch.optim.Optimizer, config: LightGCNConfig, progress: float) -> None:
@@ -255,7 +204,3 @@ def _schedule_lr(optimizer: torch.optim.Optimizer, config: LightGCNConfig, progr
     scale = config.lr_floor + (1 - config.lr_floor) * 0.5 * (1 + math.cos(math.pi * progress))
     for group in optimizer.param_groups:
         group["lr"] = config.lr * scale
-
-
-def _fmt(metrics: dict[str, float]) -> str:
-    return "  ".join(f"{k} {v:.4f}" for k, v in metrics.items() if k.startswith(("recall@20", "ndcg@20")))

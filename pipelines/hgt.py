@@ -24,7 +24,7 @@ from torch_geometric.data import HeteroData
 from graph_builders.bipartite import csr_from_indices
 from graph_builders.edge_weights import EdgeWeights
 from graph_builders.heterogeneous import INTERACTS, HeteroGraph, build_hetero_graph
-from models.embeddings import UserItemEmbeddings
+from graph_builders.splits import edge_holdout_mask
 from models.evaluation import evaluate_full_ranking
 from models.hgt import LayerOutputs, combine
 from models.hgt_serving import HGTIndex
@@ -32,7 +32,7 @@ from models.hgt_training import REV_INTERACTS, HGTConfig, HGTTrainingResult, tra
 from models.item_index import ItemIndex
 from pipelines.protocol import RankingProtocol, TrainingData, data_window
 from pipelines.reports import curve_rows
-from stores.artifacts import ArtifactStore, Manifest, write_json
+from stores.artifacts import ArtifactStore, Manifest
 
 log = logging.getLogger(__name__)
 
@@ -50,10 +50,7 @@ def holdout_interactions(graph: HeteroGraph, fraction: float, seed: int) -> tupl
     """(graph without the held-out user-item edges, users x items CSR of the kept edges (the `seen`
     mask), users x items CSR of the held-out edges). Users and items keep at least one edge."""
     users, items = graph.data[INTERACTS].edge_index
-    held = torch.rand(users.numel(), generator=torch.Generator().manual_seed(seed)) < fraction
-    for nodes, count in ((users, graph.num_nodes("user")), (items, graph.num_nodes("item"))):
-        remaining = torch.bincount(nodes[~held], minlength=count)
-        held &= remaining[nodes] > 0
+    held = edge_holdout_mask(users, items, graph.num_nodes("user"), graph.num_nodes("item"), fraction, seed)
     fit = copy.copy(graph.data)
     fit[INTERACTS].edge_index = graph.data[INTERACTS].edge_index[:, ~held]
     fit[INTERACTS].edge_weight = graph.data[INTERACTS].edge_weight[~held]
@@ -71,7 +68,7 @@ def protocol_scores(layers: LayerOutputs, graph: HeteroGraph, protocol: RankingP
 
 
 def item_popularity(graph: HeteroGraph) -> torch.Tensor:
-    users, items = graph.data[INTERACTS].edge_index
+    items = graph.data[INTERACTS].edge_index[1]
     return torch.zeros(graph.num_nodes("item")).index_add_(0, items, graph.data[INTERACTS].edge_weight)
 
 
@@ -93,7 +90,7 @@ def fit_selected(graph: HeteroGraph, options: HGTOptions) -> HGTTrainingResult:
         return train_hgt(graph.data, options_config(options))
     fit_data, seen, validation = holdout_interactions(graph, options.validation_fraction, options.seed)
 
-    def evaluate(model, layers: LayerOutputs) -> dict[str, float]:
+    def evaluate(layers: LayerOutputs) -> dict[str, float]:
         final = combine(layers)
         users, items = final["user"], final["item"]
         return evaluate_full_ranking(lambda batch: users[batch] @ items.T, seen, validation, ks=(20,)).as_dict()
@@ -116,11 +113,12 @@ def serving_index(graph: HeteroGraph, result: HGTTrainingResult, items: pd.DataF
 
 def segment_item_shares(graph: HeteroGraph, smoothing: float = 50.0) -> dict[str, torch.Tensor]:
     """P(item | segment) for each device and attribute node: the summed interaction weights of the
-    segment's users, smoothed towards the overall distribution by `smoothing` pseudo-weight."""
+    segment's users, smoothed towards the overall (add-one) distribution by `smoothing` pseudo-weight."""
     weights = graph.data[INTERACTS].edge_weight
     interactions = torch.sparse_coo_tensor(
         graph.data[INTERACTS].edge_index, weights, (graph.num_nodes("user"), graph.num_nodes("item")))
-    overall = item_popularity(graph) / weights.sum().clamp(min=1e-9)
+    # Add-one on the overall distribution: an item nobody has played yet keeps a finite score.
+    overall = (item_popularity(graph) + 1) / (weights.sum() + graph.num_nodes("item"))
     shares = {}
     for node_type, relation in (("device", "uses"), ("attribute", "has_attribute")):
         members, segments = graph.data["user", relation, node_type].edge_index
@@ -154,15 +152,10 @@ def train_hgt_artifact(data: TrainingData, artifacts: ArtifactStore, overrides: 
 
 def publish(artifacts: ArtifactStore, data: TrainingData, options: HGTOptions, graph: HeteroGraph,
             served: HGTTrainingResult, selected: HGTTrainingResult, metrics: dict[str, float]) -> Manifest:
-    items = ItemIndex.from_items(graph.node_ids["item"], data.items)
+    index = serving_index(graph, served, data.items)
 
     def build(folder: Path) -> None:
-        hyperparameters = options.model_dump(include=set(HYPERPARAMETERS))
-        HGTIndex.save(folder, served.model, hyperparameters, served.layers, graph.node_ids, items,
-                      item_badges(graph), item_popularity(graph).tolist(), segment_item_shares(graph))
-        write_json(folder / "users.json", {"user_ids": graph.node_ids["user"]})
-        final = combine(served.layers)
-        UserItemEmbeddings(final["user"].contiguous(), final["item"].contiguous()).save(folder)
+        index.save(folder, options.model_dump(include=set(HYPERPARAMETERS)))
 
     history = curve_rows(selected.history)
     return artifacts.publish(
@@ -184,7 +177,7 @@ def publish(artifacts: ArtifactStore, data: TrainingData, options: HGTOptions, g
                 },
             },
             "metrics": {**metrics, "history": history},
-            "item_count": len(items),
+            "item_count": len(index.items),
             "user_count": len(graph.node_ids["user"]),
         },
     )

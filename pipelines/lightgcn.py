@@ -20,6 +20,7 @@ from pydantic import Field
 
 from graph_builders.bipartite import BipartiteGraph, csr_from_indices
 from graph_builders.edge_weights import EdgeWeights
+from graph_builders.splits import edge_holdout_mask
 from models.evaluation import evaluate_full_ranking
 from models.item_index import ItemIndex
 from models.lightgcn_training import LightGCNConfig, TrainingResult, train_lightgcn
@@ -43,10 +44,7 @@ def holdout_edges(graph: BipartiteGraph, fraction: float, seed: int) -> tuple[Bi
     Users and items keep at least one training edge, so every held-out edge can be scored.
     """
     users, items = graph.edge_index
-    held = torch.rand(users.numel(), generator=torch.Generator().manual_seed(seed)) < fraction
-    for nodes, count in ((users, graph.num_users), (items, graph.num_items)):
-        remaining = torch.bincount(nodes[~held], minlength=count)
-        held &= remaining[nodes] > 0
+    held = edge_holdout_mask(users, items, graph.num_users, graph.num_items, fraction, seed)
     kept = ~held
     negatives = graph.negative_edge_index
     seen_rows = torch.cat([users[kept], negatives[0]])

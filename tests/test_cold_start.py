@@ -12,28 +12,7 @@ from models.metadata_similarity import MetadataSimilarity, item_tokens
 from models.segment_popularity import SegmentPopularity, segments_of
 from pipelines.datasets import read_demo
 from pipelines.datasets.validation import items_frame, users_frame
-from stores.frames import EVENT_COLUMNS
-
-T0 = pd.Timestamp("2024-03-01T00:00Z")
-
-
-def events(*rows: tuple) -> pd.DataFrame:
-    """rows: (user_id, item_id, event_type, value, hours after T0)."""
-    records = [
-        {
-            "user_id": user,
-            "item_id": item,
-            "session_id": None,
-            "event_type": kind,
-            "value": np.nan if value is None else float(value),
-            "device": None,
-            "ts": T0 + pd.Timedelta(hours=hours),
-            "idempotency_key": None,
-        }
-        for user, item, kind, value, hours in rows
-    ]
-    return pd.DataFrame(records, columns=EVENT_COLUMNS)
-
+from tests.test_splits import events
 
 def random_log(users: int = 60, items: int = 40, n: int = 3000, seed: int = 3) -> tuple[pd.DataFrame, pd.DataFrame]:
     rng = np.random.default_rng(seed)

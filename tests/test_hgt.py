@@ -148,5 +148,7 @@ def test_a_new_catalogue_item_gets_an_embedding_from_its_provider_and_badges(dem
     assert index.add_catalogue_items(new) == 1
     similar = index.similar_items("brand-new", k=5)
     anchor = index.items.index["brand-new"]
+    everything = index.recommend(UserContext(device="console"), k=len(index.items))
+    assert "brand-new" in {r.item_id for r in everything}
     assert any(index.items.providers[index.items.index[s.item_id]] == template["provider"]
                or set(index.badges[index.items.index[s.item_id]]) & set(index.badges[anchor]) for s in similar)

@@ -32,6 +32,7 @@ from deployments.schemas import (
 from models.item_index import ItemIndex
 from models.popularity import PopularityModel
 from stores.artifacts import Manifest
+from tests.ingress_stand_ins import Counter, Method
 
 
 def run(coroutine):
@@ -143,41 +144,10 @@ def test_hgt_is_second_in_the_default_cascade():
 # -- the ingress's lookup endpoints, on stand-ins -------------------------------------------------
 
 
-class Method:
-    """A deployment method's `.remote(arg)`: records the call, then answers, raises or stalls."""
-
-    def __init__(self, answer=None, error: Exception | None = None, delay_s: float = 0.0):
-        self.answer, self.error, self.delay_s = answer, error, delay_s
-        self.calls: list = []
-
-    def remote(self, argument):
-        self.calls.append(argument)
-
-        async def call():
-            await asyncio.sleep(self.delay_s)
-            if self.error is not None:
-                raise self.error
-            return self.answer
-
-        return call()
-
-
 class Model:
     def __init__(self, **methods: Method):
         for name, method in methods.items():
             setattr(self, name, method)
-
-
-class Counter:
-    def __init__(self) -> None:
-        self.counts: dict[tuple, int] = {}
-
-    def inc(self, value: int = 1, tags: dict | None = None) -> None:
-        key = tuple(sorted((tags or {}).items()))
-        self.counts[key] = self.counts.get(key, 0) + value
-
-    def observe(self, value: float, tags: dict | None = None) -> None:
-        self.inc(1, tags)
 
 
 class Metrics:

@@ -21,6 +21,7 @@ from deployments.ingress import Ingress, IngressConfig, _validation_error, api
 from deployments.schemas import InteractionsResponse, RecommendRequest, RecommendResponse, SessionResponse
 from models.sessions import SessionItem, SessionState
 from stores.event_store import SessionEnd
+from tests.ingress_stand_ins import Counter, Method
 
 NOW = datetime(2026, 1, 1, 12, tzinfo=UTC)
 
@@ -93,39 +94,11 @@ def test_tgn_leads_the_default_cascade():
 # -- the ingress's session logic, on stand-ins ------------------------------------------------------
 
 
-class Method:
-    """A deployment method's `.remote(arg)`: records the call, then answers, raises or stalls."""
-
-    def __init__(self, answer=None, error: Exception | None = None, delay_s: float = 0.0):
-        self.answer, self.error, self.delay_s = answer, error, delay_s
-        self.calls: list = []
-
-    def remote(self, argument):
-        self.calls.append(argument)
-
-        async def call():
-            await asyncio.sleep(self.delay_s)
-            if self.error is not None:
-                raise self.error
-            return self.answer
-
-        return call()
-
-
 class TGN:
     def __init__(self, **methods: Method):
         self.observe = methods.get("observe", Method(answer=True))
         self.session = methods.get("session", Method())
         self.end_session = methods.get("end_session", Method())
-
-
-class Counter:
-    def __init__(self) -> None:
-        self.counts: dict[tuple, int] = {}
-
-    def inc(self, value: int = 1, tags: dict | None = None) -> None:
-        key = tuple(sorted((tags or {}).items()))
-        self.counts[key] = self.counts.get(key, 0) + value
 
 
 class Metrics:
