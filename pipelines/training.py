@@ -79,7 +79,7 @@ def train_model(model: str, settings: Settings, overrides: dict[str, Any] | None
     data = TrainingData.load(settings)
     artifacts = ArtifactStore(settings.artifacts_dir, settings.namespace)
     manifest = MODELS[model](data, artifacts, overrides or {})
-    sync_artifact_embeddings(artifacts.resolve(model, manifest.version), manifest, settings)
+    sync_artifact_embeddings(artifacts.resolve(model, manifest.version), manifest, settings, data.items)
     log.info("trained %s %s in %.1f s", model, manifest.version, time.perf_counter() - started)
     return manifest
 

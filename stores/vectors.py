@@ -1,13 +1,13 @@
-"""Embeddings in Qdrant: one collection per namespace, model and kind (`{namespace}__{model}__{kind}`).
+"""Embeddings in Qdrant: one collection per namespace, model, kind and version, read through an alias.
 
-That name is an alias. Each model version is written into a collection of its own, `{alias}__{version}`, and the
-alias is switched to it in one `update_collection_aliases` call, so a reader sees the old version or the new one,
-never a mix. qdrant-client 1.20's local mode implements aliases too (resolved on every read, saved in its
-meta.json), so the same code path serves both modes.
+The alias `{namespace}__{model}__{kind}` names the current version; each version is written into a collection
+of its own, `{alias}__{version}`, sealed, and only then made current. All of a model's kinds (users, items)
+switch together in one alias operation, so a reader sees one complete version, never a mix or a half-written
+set. The alias's previous collection is kept (replicas still pinned to it keep working until they are rolled
+forward); older ones are dropped.
 
-Local mode (no `QDRANT_URL`) keeps its data under `state_dir/qdrant` and holds an exclusive file lock on it: only
-one process may open that path at a time (a second gets RuntimeError), so close the store when done. It is also
-brute force in Python; a Qdrant server is the production store.
+Where the vectors live is `stores/vector_backends.py`: Qdrant's embedded engine by default, a Qdrant server when
+`QDRANT_URL` is set. The calls here are the same for both.
 """
 
 from __future__ import annotations
@@ -15,25 +15,32 @@ from __future__ import annotations
 import re
 import time
 import uuid
-from collections.abc import Iterator
-from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Any
 
 import numpy as np
-from qdrant_client import QdrantClient, models
-from qdrant_client.http.exceptions import UnexpectedResponse
-from qdrant_client.local.qdrant_local import QdrantLocal
+from qdrant_client import QdrantClient
 from tqdm import tqdm
 
 from stores.settings import Settings
+from stores.vector_backends import (
+    CollectionMissing,
+    Distance,
+    EmbeddedBackend,
+    PayloadFilter,
+    Points,
+    ServerBackend,
+    VectorBackend,
+    VectorStoreUnavailable,
+)
+
+__all__ = ["VectorSet", "VectorStore", "VectorStoreUnavailable", "collection_name", "point_id"]
 
 KINDS = ("users", "items")
 # Fixed forever: point ids derive from it, so changing it orphans every stored vector.
 POINT_ID_NAMESPACE = uuid.UUID("1db4e6b0-c839-59c9-83f4-ec0808f26820")
 # Name parts may not contain "__", which separates them in collection names.
 _NAME_PART = re.compile(r"^[A-Za-z0-9][A-Za-z0-9.-]*(?:_[A-Za-z0-9.-]+)*$")
-_DISTANCES = {"dot": models.Distance.DOT, "cosine": models.Distance.COSINE}
 
 
 def point_id(item_or_user_id: str) -> str:
@@ -56,6 +63,27 @@ def _check_part(part: str) -> None:
 
 
 @dataclass(frozen=True)
+class VectorSet:
+    """One kind's vectors: row i of `vectors` belongs to `ids[i]`; `payloads[i]` adds searchable fields
+    (category, provider, badges) to the point's own `id` and `version`."""
+
+    ids: list[str]
+    vectors: np.ndarray
+    payloads: list[dict[str, Any]] | None = None
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "vectors", np.ascontiguousarray(self.vectors, dtype=np.float32))
+        if self.vectors.ndim != 2:
+            raise ValueError(f"vectors must be 2-D (count, dim), not of shape {self.vectors.shape}")
+        if len(self.ids) != self.vectors.shape[0]:
+            raise ValueError(f"{len(self.ids)} ids but {self.vectors.shape[0]} vectors")
+        if self.payloads is not None and len(self.payloads) != len(self.ids):
+            raise ValueError(f"{len(self.ids)} ids but {len(self.payloads)} payloads")
+        if len(set(self.ids)) != len(self.ids):
+            raise ValueError(f"{len(self.ids) - len(set(self.ids))} duplicate ids: each id is one point")
+
+
+@dataclass(frozen=True)
 class SyncSummary:
     collection: str
     version: str
@@ -64,21 +92,24 @@ class SyncSummary:
 
 
 class VectorStore:
-    """User and item embeddings of the served model versions (and, later, content embeddings)."""
+    """The served model versions' user and item vectors, and the content retriever's item vectors."""
 
-    def __init__(self, client: QdrantClient):
-        self.client = client
+    def __init__(self, backend: VectorBackend):
+        self.backend = backend
 
     @classmethod
     def from_settings(cls, settings: Settings) -> VectorStore:
-        """The server at QDRANT_URL when set, otherwise local mode under state_dir/qdrant (locks that folder)."""
+        """The server at QDRANT_URL when set, otherwise the embedded engine under state_dir/vectors."""
         if settings.qdrant_url:
-            return cls(QdrantClient(url=settings.qdrant_url, api_key=settings.qdrant_api_key or None))
-        return cls(QdrantClient(path=str(settings.state_dir / "qdrant")))
+            # No version check on connect: a replica must come up (and report unhealthy) while the server is down.
+            client = QdrantClient(
+                url=settings.qdrant_url, api_key=settings.qdrant_api_key or None, timeout=5, check_compatibility=False
+            )
+            return cls(ServerBackend(client))
+        return cls(EmbeddedBackend(settings.state_dir / "vectors"))
 
     def close(self) -> None:
-        """Releases local mode's file lock, so another process can open the folder."""
-        self.client.close()
+        self.backend.close()
 
     def __enter__(self) -> VectorStore:
         return self
@@ -86,139 +117,107 @@ class VectorStore:
     def __exit__(self, *exc_info: object) -> None:
         self.close()
 
+    def check(self) -> None:
+        """Raises VectorStoreUnavailable when the store cannot be reached or read."""
+        self.backend.check()
+
     # -- writes --------------------------------------------------------------------------------
-    def sync_embeddings(
+    def sync_version(
         self,
         namespace: str,
         model: str,
         version: str,
-        kind: str,
-        ids: list[str],
-        vectors: np.ndarray,
-        payloads: list[dict[str, Any]] | None = None,
-        distance: Literal["dot", "cosine"] = "dot",
+        sets: dict[str, VectorSet],
+        distance: Distance = "dot",
         batch_size: int = 1024,
         progress: bool = True,
-    ) -> SyncSummary:
-        """Write every vector of one model version, then make it the current one in a single alias switch.
+    ) -> list[SyncSummary]:
+        """Write every kind of one model version, then make them current together in one alias switch.
 
-        The default distance is dot because LightGCN scores are dot products. Qdrant stores float32, and with
-        cosine it stores the vectors normalised. `payloads` adds fields to each point's `id` and `version`.
-        The previous version's collection is deleted after the switch.
+        The default distance is dot because the models score with dot products (the content retriever's vectors
+        are normalised, so dot is its cosine too).
         """
         started = time.perf_counter()
-        alias = collection_name(namespace, model, kind)
         _check_part(version)
-        vectors = np.ascontiguousarray(vectors, dtype=np.float32)
-        if vectors.ndim != 2:
-            raise ValueError(f"vectors must be 2-D (count, dim), not of shape {vectors.shape}")
-        if len(ids) != vectors.shape[0]:
-            raise ValueError(f"{len(ids)} ids but {vectors.shape[0]} vectors")
-        if payloads is not None and len(payloads) != len(ids):
-            raise ValueError(f"{len(ids)} ids but {len(payloads)} payloads")
-        if len(set(ids)) != len(ids):
-            raise ValueError(f"{len(ids) - len(set(ids))} duplicate ids: each id is one point")
-        previous = self._target(alias)
-        target = f"{alias}__{version}"
-        if target == previous:
-            raise ValueError(f"version {version!r} is already current in {alias}; sync a new version")
-        if self.client.collection_exists(target):  # left behind by a sync that died before its switch
-            self.client.delete_collection(target)
-        self.client.create_collection(
-            target, vectors_config=models.VectorParams(size=vectors.shape[1], distance=_DISTANCES[distance])
-        )
-        try:
-            self._upload(target, version, ids, vectors, payloads, batch_size, progress)
-        except BaseException:
-            self.client.delete_collection(target)
-            raise
-        switch: list[models.AliasOperations] = [
-            models.CreateAliasOperation(create_alias=models.CreateAlias(collection_name=target, alias_name=alias))
-        ]
-        if previous is not None:
-            switch.insert(0, models.DeleteAliasOperation(delete_alias=models.DeleteAlias(alias_name=alias)))
-        self.client.update_collection_aliases(change_aliases_operations=switch)
-        if previous is not None:
-            self.client.delete_collection(previous)
-        return SyncSummary(alias, version, len(ids), time.perf_counter() - started)
+        aliases = {kind: collection_name(namespace, model, kind) for kind in sets}
+        with self.backend.writing():
+            previous = self.backend.aliases()
+            targets = {aliases[kind]: f"{aliases[kind]}__{version}" for kind in sets}
+            for alias, target in targets.items():
+                if previous.get(alias) == target:
+                    raise ValueError(f"version {version!r} is already current in {alias}; sync a new version")
+            written: list[str] = []
+            try:
+                for kind, vector_set in sets.items():
+                    target = targets[aliases[kind]]
+                    if target in self.backend.collections():  # left behind by a sync that died before its switch
+                        self.backend.drop(target)
+                    self.backend.create(target, vector_set.vectors.shape[1], distance)
+                    written.append(target)
+                    self._upload(target, version, vector_set, batch_size, progress)
+                    self.backend.seal(target)
+            except BaseException:
+                for target in written:
+                    self.backend.drop(target)
+                raise
+            self.backend.switch_aliases(dict(targets))
+            self._drop_stale(targets, previous)
+        seconds = time.perf_counter() - started
+        return [SyncSummary(aliases[kind], version, len(s.ids), seconds) for kind, s in sets.items()]
 
-    def _upload(
-        self,
-        collection: str,
-        version: str,
-        ids: list[str],
-        vectors: np.ndarray,
-        payloads: list[dict[str, Any]] | None,
-        batch_size: int,
-        progress: bool,
-    ) -> None:
+    def _upload(self, collection: str, version: str, vector_set: VectorSet, batch_size: int, progress: bool) -> None:
+        ids, payloads = vector_set.ids, vector_set.payloads
         quiet = not progress or len(ids) <= batch_size
-        with self._bulk_writes(collection), tqdm(total=len(ids), desc=collection, unit="vec", disable=quiet) as bar:
+        with tqdm(total=len(ids), desc=collection, unit="vec", disable=quiet) as bar:
             for start in range(0, len(ids), batch_size):
                 chunk = ids[start : start + batch_size]
                 extra = payloads[start : start + batch_size] if payloads is not None else [{}] * len(chunk)
-                batch = models.Batch(
-                    ids=[point_id(i) for i in chunk],
-                    vectors=vectors[start : start + batch_size].tolist(),
-                    payloads=[{**more, "id": i, "version": version} for i, more in zip(chunk, extra, strict=True)],
+                self.backend.upsert(
+                    collection,
+                    Points(
+                        ids=[point_id(i) for i in chunk],
+                        vectors=vector_set.vectors[start : start + batch_size],
+                        payloads=[{**more, "id": i, "version": version} for i, more in zip(chunk, extra, strict=True)],
+                    ),
                 )
-                self.client.upsert(collection, points=batch, wait=True)
                 bar.update(len(chunk))
 
-    @contextmanager
-    def _bulk_writes(self, collection: str) -> Iterator[None]:
-        """Local mode commits and fsyncs SQLite once per point (~1 ms each: minutes for 70k vectors).
-
-        The new collection is invisible until the alias switch, so while it is written its SQLite file runs in
-        WAL mode without fsync (still safe if the process dies), and is checkpointed with a full fsync before the
-        switch. This reaches into QdrantLocal's internals, which is why qdrant-client is pinned. A no-op on a
-        server.
-        """
-        local = self.client._client
-        storage = local.collections[collection].storage if isinstance(local, QdrantLocal) else None
-        if storage is None:  # a server, or ":memory:"
-            yield
-            return
-        sqlite = storage.storage
-        sqlite.execute("PRAGMA journal_mode=WAL")
-        sqlite.execute("PRAGMA synchronous=OFF")
-        try:
-            yield
-        finally:
-            sqlite.execute("PRAGMA synchronous=FULL")
-            sqlite.execute("PRAGMA journal_mode=DELETE")  # checkpoints the WAL into the file, fsynced
+    def _drop_stale(self, current: dict[str, str], previous: dict[str, str]) -> None:
+        """Keep each alias's new and previous collection; drop its older ones (and those of dead syncs)."""
+        keep = {*current.values(), *(previous[a] for a in current if a in previous)}
+        for name in self.backend.collections():
+            if name not in keep and any(name.startswith(f"{alias}__") for alias in current):
+                self.backend.drop(name)
 
     def delete(self, namespace: str, model: str) -> None:
         """Drop every kind and version of one model, including collections of syncs that died."""
         aliases = [collection_name(namespace, model, kind) for kind in KINDS]
-        current = {a.alias_name for a in self.client.get_aliases().aliases}
-        drop = [
-            models.DeleteAliasOperation(delete_alias=models.DeleteAlias(alias_name=alias))
-            for alias in aliases
-            if alias in current
-        ]
-        if drop:
-            self.client.update_collection_aliases(change_aliases_operations=drop)
-        for collection in self.client.get_collections().collections:
-            if any(collection.name.startswith(f"{alias}__") for alias in aliases):
-                self.client.delete_collection(collection.name)
+        with self.backend.writing():
+            self.backend.switch_aliases({alias: None for alias in aliases})
+            for name in self.backend.collections():
+                if any(name.startswith(f"{alias}__") for alias in aliases):
+                    self.backend.drop(name)
 
     # -- reads ---------------------------------------------------------------------------------
     def current_version(self, namespace: str, model: str, kind: str) -> str | None:
         alias = collection_name(namespace, model, kind)
-        target = self._target(alias)
+        target = self.backend.aliases().get(alias)
         return None if target is None else target.removeprefix(f"{alias}__")
 
-    def get_vector(self, namespace: str, model: str, kind: str, id: str) -> np.ndarray | None:
-        """The stored vector (float32), or None when the id or the whole collection is unknown."""
-        alias = collection_name(namespace, model, kind)
+    def get_vector(self, namespace: str, model: str, kind: str, id: str, version: str | None = None) -> np.ndarray | None:
+        """The stored vector (float32), or None when the id or the whole collection is unknown.
+        `version`: that version's collection rather than the current one."""
         try:
-            points = self.client.retrieve(alias, ids=[point_id(id)], with_payload=False, with_vectors=True)
-        except (ValueError, UnexpectedResponse):
-            if self._target(alias) is None:
-                return None
-            raise
-        return np.asarray(points[0].vector, dtype=np.float32) if points else None
+            return self.backend.retrieve(_source(namespace, model, kind, version), point_id(id))
+        except CollectionMissing:
+            return None
+
+    def count(self, namespace: str, model: str, kind: str, version: str | None = None) -> int:
+        """Points in the current (or that) version; 0 when nothing was synced."""
+        try:
+            return self.backend.count(_source(namespace, model, kind, version))
+        except CollectionMissing:
+            return 0
 
     def search(
         self,
@@ -227,27 +226,23 @@ class VectorStore:
         kind: str,
         vector: np.ndarray,
         k: int,
-        exclude_ids: list[str] | None = None,
+        exclude_ids: list[str] | tuple[str, ...] = (),
+        category: str | None = None,
+        provider: str | None = None,
+        badges: list[str] | tuple[str, ...] = (),
+        version: str | None = None,
     ) -> list[tuple[str, float]]:
-        """The k best (id, score) by the collection's distance; empty when nothing was synced yet."""
-        alias = collection_name(namespace, model, kind)
-        query_filter = None
-        if exclude_ids:
-            query_filter = models.Filter(must_not=[models.HasIdCondition(has_id=[point_id(i) for i in exclude_ids])])
+        """The k best (id, score) by the collection's distance, among points of that category and provider
+        carrying any of `badges`, minus `exclude_ids`; empty when nothing was synced yet."""
+        where = PayloadFilter(category, provider, tuple(badges), tuple(point_id(i) for i in exclude_ids))
+        query = np.asarray(vector, dtype=np.float32).ravel()
         try:
-            hits = self.client.query_points(
-                alias,
-                query=np.asarray(vector, dtype=np.float32).ravel().tolist(),
-                limit=k,
-                query_filter=query_filter,
-                with_payload=["id"],
-            ).points
-        except (ValueError, UnexpectedResponse):
-            if self._target(alias) is None:
-                return []
-            raise
-        return [(hit.payload["id"], hit.score) for hit in hits]
+            hits = self.backend.query(_source(namespace, model, kind, version), query, k, where)
+        except CollectionMissing:
+            return []
+        return [(hit.id, hit.score) for hit in hits]
 
-    def _target(self, alias: str) -> str | None:
-        """The collection an alias points at. Reads ask only after a miss, as it costs a round trip."""
-        return next((a.collection_name for a in self.client.get_aliases().aliases if a.alias_name == alias), None)
+
+def _source(namespace: str, model: str, kind: str, version: str | None) -> str:
+    alias = collection_name(namespace, model, kind)
+    return alias if version is None else f"{alias}__{version}"
