@@ -18,6 +18,11 @@ without renumbering items (`grow`).
 The candidate side reads the stored item memory (no gradient through the GRU), so scoring the whole
 catalogue is one [B, d] x [d, I] product and is the same in training and at serving. A query needs no
 stored node: an anonymous session is a zero memory attending over the items it names.
+
+The score is therefore exactly a dot product of a per-query vector and a per-item vector: h_i carries
+W_c's bias, and nothing is added after the product. Both sides are snapshots of the state, though: z_u
+depends on the query time (the ages of u's interactions) and on u's memory and recent items, and h_i on
+the item's memory, which every new interaction with the item moves (`user_vectors`, `item_vectors`).
 """
 
 from __future__ import annotations
@@ -197,6 +202,21 @@ class TGNRecommender(Module):
         self.history.apply(fn)
         return self
 
+    def train(self, mode: bool = True) -> TGNRecommender:
+        """Set training or eval mode. Entering eval mode applies the messages training left pending to just
+        their nodes: PyG's `TGNMemory.train(False)` would run the GRU over every node, moving memories that
+        had no message and zeroing their last-update times (which would, for one, wreck a state loaded
+        with `load_state` into a freshly built model before `eval()`)."""
+        memory = self.memory
+        if memory.training and not mode:
+            pending = [j for store in (memory.msg_s_store, memory.msg_d_store) for j, m in store.items() if m[0].numel()]
+            if pending:
+                with torch.no_grad():
+                    memory._update_memory(torch.tensor(sorted(set(pending)), device=memory.device))
+            memory._reset_message_store()
+            memory.training = False  # so Module.train below does not flush every node again
+        return super().train(mode)
+
     def reset_state(self) -> None:
         """Forget every interaction (memory and history); the weights stay."""
         self.memory.reset_state()
@@ -205,6 +225,28 @@ class TGNRecommender(Module):
     def item_vectors(self) -> Tensor:
         """[I, d] candidate vectors h_i from the stored item memory."""
         return self.candidate(self._item_x(torch.arange(self.num_items, device=self.memory.device)))
+
+    def user_vectors(self, nodes: Tensor, query_t: Tensor | int, batch_size: int = 4096) -> Tensor:
+        """[len(nodes), d] query vectors z_u of stored user/session nodes at time `query_t` (unix seconds,
+        one for all or one per node), computed `batch_size` nodes at a time and collected on the CPU.
+
+        Row u is what `user_queries` scores the catalogue with at that time: `user_vectors(...) @
+        item_vectors().T` are the model's own scores, for as long as the state does not change. Needs eval
+        mode (as serving runs): in training mode memory would return pending, not stored, updates.
+        """
+        if self.training:
+            raise RuntimeError("user_vectors needs eval mode (models.tgn_training.settle applies pending messages)")
+        device = self.memory.device
+        nodes = nodes.to(device)
+        query_t = torch.as_tensor(query_t, dtype=torch.long, device=device).expand(nodes.numel())
+        with torch.no_grad():
+            parts = [self.user_queries(nodes[start:start + batch_size], query_t[start:start + batch_size]).cpu()
+                     for start in range(0, nodes.numel(), batch_size)]
+        return torch.cat(parts) if parts else torch.empty(0, self.candidate.out_features)
+
+    def has_interactions(self, nodes: Tensor) -> Tensor:
+        """[len(nodes)] bool: which nodes have at least one interaction in the history."""
+        return (self.history.loader.e_id[nodes.to(self.memory.device)] >= 0).any(dim=1).cpu()
 
     def _item_x(self, items: Tensor) -> Tensor:
         return self.memory.memory[items].detach() + self.item_embedding(items)

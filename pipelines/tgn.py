@@ -9,6 +9,8 @@
    session-kNN (the items of the current session: the user's events with no gap over 30 minutes).
 4. The artifact holds the selected weights and the state after ALL events (the test stream was
    observed too), with the id of the last event it includes, so serving goes on from there.
+5. For embedding sync it also holds `embeddings.pt` (see `tgn_embeddings`): the item vectors TGN scores
+   the catalogue against and each known user's query vector at the artifact's last event.
 
 Items are those of the history (train + validation); events with other items are skipped by memory
 until the next training.
@@ -27,9 +29,10 @@ import torch
 from pydantic import Field
 from torch_geometric.data import TemporalData
 
-from graph_builders.edge_weights import EdgeWeights, interaction_key
+from graph_builders.edge_weights import EdgeWeights, epoch_seconds, interaction_key
 from graph_builders.temporal import build_temporal_stream, session_sequences
 from models.cooccurrence import ItemCooccurrence
+from models.embeddings import UserItemEmbeddings
 from models.item_index import ItemIndex
 from models.next_item import NextItemAccumulator
 from models.session_knn import SessionKNN
@@ -198,6 +201,34 @@ def run_next_item(data: TrainingData, options: TGNOptions, weights: EdgeWeights 
                        time.perf_counter() - started)
 
 
+def tgn_embeddings(model: TGNRecommender, nodes: dict[str, int], user_ids: set[str], at: int,
+                   batch_size: int = 4096) -> tuple[list[str], UserItemEmbeddings]:
+    """TGN's score as user and item vectors, for the vector store: `users @ items.T` is the score.
+
+    TGN scores item i for user u as z_u . h_i (models/tgn.py), and that is exactly a dot product:
+    - items: h_i = W_c (s_i + e_i) + b_c, the candidate vectors of the stored item memory plus identity
+      embedding, the bias included, in the model's item order (items.json);
+    - users: z_u, u's temporal attention over their recent items (plus their own memory) at time `at`
+      (unix seconds; the artifact's last event), in the returned order.
+
+    Nothing is left out of the product, but both sides are a snapshot: z_u depends on the query time
+    (the ages of u's interactions) and on u's state, and serving recomputes it at request time, after
+    every live event; item memories also move with each live interaction. The synced vectors are the
+    model as it stood at its last training event.
+
+    Users are the keys in `user_ids` (not anonymous sessions) whose node has at least one interaction in
+    the model (events with items outside the catalogue are skipped), in node order.
+    """
+    keys = [key for key in nodes if key in user_ids]
+    node_ids = torch.tensor([nodes[key] for key in keys], dtype=torch.long)
+    known = model.has_interactions(node_ids)
+    keys, node_ids = [key for key, keep in zip(keys, known.tolist()) if keep], node_ids[known]
+    users = model.user_vectors(node_ids, at, batch_size)
+    with torch.no_grad():
+        items = model.item_vectors().cpu()
+    return keys, UserItemEmbeddings(users, items)
+
+
 def train_tgn_artifact(data: TrainingData, artifacts: ArtifactStore, overrides: dict[str, Any]) -> Manifest:
     options = TGNOptions.model_validate(overrides)
     config = TGNConfig.model_validate(options.model_dump(include=set(TGNConfig.model_fields)))
@@ -207,13 +238,18 @@ def train_tgn_artifact(data: TrainingData, artifacts: ArtifactStore, overrides: 
     keys = list(run.nodes)
     baselines = baseline_metrics(run.history, items, run.targets, run.cases, options.session_gap_s, run.exclude)
     applied_through = data.through_event_id
+    last_event = int(epoch_seconds(data.events["ts"]).max())
+    user_ids, embeddings = tgn_embeddings(model, run.nodes, set(data.events["user_id"].dropna().astype(str)),
+                                          last_event)
 
     def build(folder: Path) -> None:
         torch.save({"config": config.model_dump(), "weights": model.weights(), "msg_dim": int(run.test.msg.size(1)),
                     "edge_weights": weights.model_dump()}, folder / "model.pt")
         torch.save({**model.state(), "applied_through": applied_through}, folder / "state.pt")
-        write_json(folder / "users.json", {"user_keys": keys})
+        # user_keys: every node (serving's id map); user_ids: the rows of embeddings.pt (embedding sync).
+        write_json(folder / "users.json", {"user_keys": keys, "user_ids": user_ids, "vectors_at": last_event})
         items.save(folder)
+        embeddings.save(folder)
 
     history_rows = [{"epoch": r.epoch, "seconds": round(r.train_seconds, 2), "loss": r.loss,
                      **{f"validation {k}": v for k, v in r.metrics.items() if k in ("recall@20", "mrr@20")}}

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import pytest
 import torch
 from torch_geometric.data import TemporalData
 
@@ -96,6 +97,21 @@ def test_state_and_weights_round_trip():
         assert torch.allclose(scores(model, user, 300), scores(copy, user, 300))
 
 
+def test_a_state_loaded_into_a_new_model_survives_eval():
+    # As serving loads an artifact: built (in training mode), weights and state loaded, then eval().
+    model = small_model()
+    observe(model, 0, 3, 100)
+    observe(model, 2, 8, 150)
+    copy = TGNRecommender(NUM_ITEMS, 4, MESSAGE_DIM, memory_dim=16, time_dim=8, embedding_dim=16, num_neighbors=5)
+    copy.load_weights(model.weights())
+    copy.load_state(model.state())
+    copy.eval()
+    assert torch.equal(copy.memory.memory, model.memory.memory)
+    assert torch.equal(copy.memory.last_update, model.memory.last_update)
+    for user in (0, 2):
+        assert torch.allclose(scores(model, user, 300), scores(copy, user, 300))
+
+
 def cyclic_stream(num_users: int, length: int, seed: int = 0) -> TemporalData:
     """Each user walks the items in a fixed cycle from a random start: the next item is learnable,
     the popular one is not (every item is equally popular)."""
@@ -179,3 +195,61 @@ def test_case_log_marks_returning_events_with_their_session_prefix():
     returning = CaseLog(gap_s=1800, returning_only=True)
     returning.feed(history)
     assert returning.feed(later).mask.tolist() == [True, False, False, True]  # user 21 is new in this period
+
+
+@pytest.fixture(scope="module")
+def trained_artifact(tmp_path_factory):
+    """A small TGN artifact trained on generated data, as `recserve train tgn` writes it."""
+    from graph_builders.splits import temporal_split
+    from pipelines.datasets import read_dataset
+    from pipelines.protocol import TrainingData
+    from pipelines.tgn import train_tgn_artifact
+    from stores.artifacts import ArtifactStore
+
+    dataset = read_dataset("demo", users=300, items=120, events=12_000, seed=5)
+    data = TrainingData(dataset.events, dataset.items, dataset.users, temporal_split(dataset.events), "temporal 70/10/20")
+    artifacts = ArtifactStore(tmp_path_factory.mktemp("artifacts"), "t_tgn")
+    manifest = train_tgn_artifact(data, artifacts, {"max_epochs": 2, "memory_dim": 16, "time_dim": 8,
+                                                    "embedding_dim": 16, "batch_size": 500})
+    return data, manifest, artifacts.resolve("tgn", manifest.version)
+
+
+def test_artifact_embeddings_are_the_models_own_scores(trained_artifact):
+    from deployments.tgn import LiveTGN
+    from models.embeddings import UserItemEmbeddings
+    from models.item_index import ItemIndex
+    from stores.artifacts import read_json
+
+    data, _, folder = trained_artifact
+    # What pipelines/embedding_sync reads: users.json's user_ids and items.json, row for row.
+    embeddings = UserItemEmbeddings.load(folder)
+    users = read_json(folder / "users.json")
+    user_ids, items = users["user_ids"], ItemIndex.load(folder)
+    assert embeddings.items.shape == (len(items), 16)
+    assert embeddings.users.shape == (len(user_ids), 16)
+    assert len(set(user_ids)) == len(user_ids) and set(user_ids) <= set(data.events["user_id"].astype(str))
+    assert len(user_ids) > 0.9 * data.events["user_id"].nunique()  # users with no modelled event are left out
+
+    # The served model, loaded from the artifact, scores the catalogue for a user at the artifact's time.
+    live = LiveTGN.load(folder)
+    at = torch.tensor([users["vectors_at"]])
+    for row in (0, 1, len(user_ids) // 2, len(user_ids) - 1):
+        with torch.no_grad():
+            own = (live.model.user_queries(torch.tensor([live.nodes[user_ids[row]]]), at) @ live.item_vectors().T)[0]
+        synced = embeddings.scores(torch.tensor([row]))[0]
+        torch.testing.assert_close(synced, own, rtol=1e-4, atol=1e-5)
+        assert synced.topk(10).indices.tolist() == own.topk(10).indices.tolist()
+
+
+def test_user_vectors_in_batches_match_one_query_at_a_time():
+    model = small_model()
+    for user, item, t in [(0, 3, 100), (1, 5, 120), (0, 7, 130), (3, 1, 140)]:
+        observe(model, user, item, t)
+    nodes = torch.arange(4) + NUM_ITEMS
+    vectors = model.user_vectors(nodes, 500, batch_size=3)
+    for user in range(4):
+        torch.testing.assert_close(vectors[user:user + 1] @ model.item_vectors().detach().T, scores(model, user, 500))
+    assert model.has_interactions(nodes).tolist() == [True, True, False, True]
+    model.train()
+    with pytest.raises(RuntimeError, match="eval mode"):
+        model.user_vectors(nodes, 500)
