@@ -13,6 +13,7 @@ import ray
 from pydantic import BaseModel, ConfigDict, Field
 from ray.serve import Application
 
+from deployments.content import ContentDeployment
 from deployments.hgt import HGTDeployment
 from deployments.ingress import Ingress, IngressConfig
 from deployments.lightgcn import LightGCNDeployment
@@ -24,6 +25,7 @@ MODEL_DEPLOYMENTS = {
     "tgn": TGNDeployment,
     "hgt": HGTDeployment,
     "lightgcn": LightGCNDeployment,
+    "content": ContentDeployment,
     "popularity": PopularityDeployment,
 }
 

@@ -72,6 +72,16 @@ class SimilarItemsQuery(BaseModel):
     filters: Filters = Field(default_factory=Filters)
 
 
+class TextSearchQuery(BaseModel):
+    """Items whose text is nearest a free-text query (the content retriever)."""
+
+    text: str
+    k: int = 10
+    exclude_ids: list[str] = Field(default_factory=list)
+    filters: Filters = Field(default_factory=Filters)
+    badges: list[str] = Field(default_factory=list, description="only items carrying any of these")
+
+
 class ProviderItemsQuery(BaseModel):
     """A provider's items, personalised for the user (or session, device, attributes) when known."""
 
@@ -98,7 +108,7 @@ class StageAttempt(BaseModel):
     """How one model stage of a request went; the response lists them in the order tried."""
 
     model: str
-    outcome: Literal["served", "too_few", "not_loaded", "error", "timeout", "skipped"]
+    outcome: Literal["served", "too_few", "not_loaded", "unhealthy", "error", "timeout", "skipped"]
     returned: int = 0
     latency_ms: float
 
@@ -106,6 +116,7 @@ class StageAttempt(BaseModel):
 class ModelStatus(BaseModel):
     model: str
     loaded: bool
+    healthy: bool = Field(default=True, description="false while something it needs (the vector store) is down")
     version: str | None = None
     trained_at: datetime | None = None
     item_count: int = 0

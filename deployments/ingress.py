@@ -36,6 +36,7 @@ from deployments.contract import (
     ModelStatus,
     ProviderItemsQuery,
     SimilarItemsQuery,
+    TextSearchQuery,
 )
 from deployments.metrics import IngressMetrics
 from deployments.schemas import (
@@ -49,6 +50,8 @@ from deployments.schemas import (
     RecommendedItem,
     RecommendRequest,
     RecommendResponse,
+    SearchRequest,
+    SearchResponse,
     SessionResponse,
     SimilarItemsRequest,
     SimilarItemsResponse,
@@ -69,10 +72,10 @@ class IngressConfig(BaseModel):
 
     namespace: str = "demo"
     cascade: list[str] = Field(
-        default_factory=lambda: ["tgn", "hgt", "lightgcn", "popularity"], description="model stages, in order"
+        default_factory=lambda: ["tgn", "hgt", "lightgcn", "content", "popularity"], description="model stages, in order"
     )
     stage_timeout_ms: dict[str, float] = Field(
-        default_factory=lambda: {"tgn": 500.0, "hgt": 500.0, "lightgcn": 500.0, "popularity": 250.0},
+        default_factory=lambda: {"tgn": 500.0, "hgt": 500.0, "lightgcn": 500.0, "content": 500.0, "popularity": 250.0},
         description="per model: how long a cascade stage, or a similar/provider-items call, may take",
     )
     default_stage_timeout_ms: float = 300.0
@@ -179,6 +182,7 @@ def _not_found(message: str, field: str) -> JSONResponse:
 _UNAVAILABLE = {
     "not_deployed": "is not deployed",
     "not_loaded": "has no trained artifact loaded",
+    "unhealthy": "reports itself unhealthy",
     "error": "failed",
     "timeout": "did not answer in time",
 }
@@ -327,8 +331,11 @@ class Ingress:
     def _stage(self, name: str, status: ModelStatus | None) -> Stage:
         timeout_ms = self.config.stage_timeout_ms.get(name, self.config.default_stage_timeout_ms)
         handle = self.models[name]
-        loaded = status is not None and status.loaded
-        return Stage(name, lambda q: handle.recommend.remote(q), timeout_ms / 1000, None if loaded else "not_loaded")
+        if status is None or not status.loaded:
+            skip = "not_loaded"
+        else:
+            skip = None if status.healthy else "unhealthy"
+        return Stage(name, lambda q: handle.recommend.remote(q), timeout_ms / 1000, skip)
 
     async def _seen_items(self, user_id: str, arm: str) -> tuple[frozenset[str], bool]:
         """(the user's seen items, whether they could be read)."""
@@ -347,12 +354,13 @@ class Ingress:
         "/v1/similar_items",
         response_model=SimilarItemsResponse,
         responses=_LOOKUP_ERRORS,
-        summary="Items similar to an item (HGT)",
+        summary="Items similar to an item (HGT; the content retriever while HGT is unavailable)",
     )
     async def similar_items(self, request: SimilarItemsRequest) -> SimilarItemsResponse | JSONResponse:
-        """Items like `item_id`, by HGT: sharing its provider or badges, or liked by the same users. An item
-        added to the catalogue after training is known from its provider, badges and category.
-        404: the item is unknown. 503: HGT is not loaded, failed or timed out (there is no fallback)."""
+        """Items like `item_id`. HGT answers by shared provider, badges and users; an item added to the
+        catalogue after training is known from its provider, badges and category. While HGT is not loaded,
+        fails or times out, the content retriever answers by text similarity.
+        404: the item is unknown. 503: neither model could answer."""
         needed = request.offset + request.k
         query = SimilarItemsQuery(
             item_id=request.item_id,
@@ -360,16 +368,41 @@ class Ingress:
             exclude_ids=[*request.exclude_ids, request.item_id],
             filters=request.filters,
         )
-        result, outcome = await self._lookup("similar_items", "hgt", query)
-        if result is None:
-            message = f"similar items need the hgt model, which {_UNAVAILABLE[outcome]}; retry later"
-            return _unavailable(message, self.config.retry_after_s)
+        answer = await self._first_answer("similar_items", ("hgt", "content"), query)
+        if isinstance(answer, JSONResponse):
+            return answer
+        result, model = answer
         if result.missing is not None:
             return _not_found(result.missing, "item_id")
         items, _ = await self._enriched(result.candidates[request.offset : needed], NO_ARM)
         return SimilarItemsResponse(
-            request_id=uuid.uuid4().hex, item_id=request.item_id, items=items, model="hgt", version=result.version
+            request_id=uuid.uuid4().hex, item_id=request.item_id, items=items, model=model, version=result.version
         )
+
+    @api.post(
+        "/v1/search",
+        response_model=SearchResponse,
+        responses={503: _LOOKUP_ERRORS[503]},
+        summary="Items matching a free-text query (the content retriever)",
+    )
+    async def search(self, request: SearchRequest) -> SearchResponse | JSONResponse:
+        """Catalogue items whose text (title, description, provider, category, tags) is nearest `text`,
+        by MiniLM embeddings; items nobody has interacted with yet are found too. Filters: category,
+        provider, any of `badges`. 503: the content retriever is not loaded, failed or timed out."""
+        needed = request.offset + request.k
+        query = TextSearchQuery(
+            text=request.text,
+            k=needed,
+            exclude_ids=request.exclude_ids,
+            filters=Filters(category=request.filters.category, provider=request.filters.provider),
+            badges=request.filters.badges,
+        )
+        answer = await self._first_answer("search", ("content",), query)
+        if isinstance(answer, JSONResponse):
+            return answer
+        result, model = answer
+        items, _ = await self._enriched(result.candidates[request.offset : needed], NO_ARM)
+        return SearchResponse(request_id=uuid.uuid4().hex, text=request.text, items=items, model=model, version=result.version)
 
     @api.post(
         "/v1/provider_items",
@@ -395,14 +428,10 @@ class Ingress:
             exclude_ids=exclusions.exclude,
             filters=Filters(category=request.filters.category),
         )
-        outcomes = {}
-        for model in ("hgt", "popularity"):
-            result, outcomes[model] = await self._lookup("provider_items", model, query)
-            if result is not None:
-                break
-        else:
-            why = ", ".join(f"{model} {_UNAVAILABLE[outcome]}" for model, outcome in outcomes.items())
-            return _unavailable(f"provider items cannot be served ({why}); retry later", self.config.retry_after_s)
+        answer = await self._first_answer("provider_items", ("hgt", "popularity"), query)
+        if isinstance(answer, JSONResponse):
+            return answer
+        result, model = answer
         if result.missing is not None:
             return _not_found(result.missing, "provider")
         items, _ = await self._enriched(result.candidates[request.offset : needed], NO_ARM)
@@ -416,12 +445,28 @@ class Ingress:
             unknown_session_items=exclusions.unknown_session_items,
         )
 
+    async def _first_answer(
+        self, endpoint: str, models: tuple[str, ...], query: BaseModel
+    ) -> tuple[LookupResult, str] | JSONResponse:
+        """The first of `models` to answer (the answer and the model), or a 503 saying why none did."""
+        outcomes = {}
+        for model in models:
+            result, outcomes[model] = await self._lookup(endpoint, model, query)
+            if result is not None:
+                return result, model
+        why = ", ".join(f"{model} {_UNAVAILABLE[outcome]}" for model, outcome in outcomes.items())
+        return _unavailable(f"{endpoint.replace('_', ' ')} cannot be served ({why}); retry later", self.config.retry_after_s)
+
     async def _lookup(self, endpoint: str, model: str, query: BaseModel) -> tuple[LookupResult | None, str]:
         """Call `model`'s method `endpoint` under the model's stage timeout: (its answer, the outcome).
-        The answer is None, and the outcome says why, when the model is not deployed, has no artifact
-        loaded, failed or timed out; "not_found" and "served" come with the answer."""
+        The answer is None, and the outcome says why, when the model is not deployed, reports itself
+        unhealthy, has no artifact loaded, failed or timed out; "not_found" and "served" come with the answer."""
         if model not in self.models:
             return None, "not_deployed"
+        status = (await self.model_statuses()).get(model)
+        if status is not None and not status.healthy:
+            self.metrics.lookups.inc(tags={"endpoint": endpoint, "source": model, "outcome": "unhealthy"})
+            return None, "unhealthy"
         timeout_ms = self.config.stage_timeout_ms.get(model, self.config.default_stage_timeout_ms)
         started = time.perf_counter()
         result: LookupResult | None = None

@@ -134,6 +134,20 @@ class SimilarItemsRequest(Strict):
     exclude_ids: list[Id] = Field(default_factory=list, max_length=500)
 
 
+class SearchFilters(Filters):
+    badges: list[Id] = Field(
+        default_factory=list, max_length=16, description="only items carrying any of these badges (tags)"
+    )
+
+
+class SearchRequest(Strict):
+    text: str = Field(min_length=1, max_length=512, description='what to look for, e.g. "space strategy with co-op"')
+    k: int = Field(default=10, ge=1, le=MAX_K)
+    offset: int = Field(default=0, ge=0, le=1000, description="skip this many results (paging)")
+    filters: SearchFilters = Field(default_factory=SearchFilters)
+    exclude_ids: list[Id] = Field(default_factory=list, max_length=500)
+
+
 class ProviderItemsFilters(Strict):
     category: str | None = Field(default=None, max_length=128)
     exclude_seen: bool = Field(
@@ -161,6 +175,10 @@ class ItemListResponse(BaseModel):
 
 class SimilarItemsResponse(ItemListResponse):
     item_id: str
+
+
+class SearchResponse(ItemListResponse):
+    text: str
 
 
 class ProviderItemsResponse(ItemListResponse):

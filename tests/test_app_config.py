@@ -53,4 +53,4 @@ def test_one_replica_of_everything_fits_two_cores():
     total = ingress["ray_actor_options"]["num_cpus"] * ingress["num_replicas"]
     total += sum(p.num_cpus for p in models.values() if p.enabled)
     assert total <= 2.0, f"{total} CPUs asked for"
-    assert raw["args"]["ingress"]["cascade"] == ["tgn", "hgt", "lightgcn", "popularity"]
+    assert raw["args"]["ingress"]["cascade"] == ["tgn", "hgt", "lightgcn", "content", "popularity"]

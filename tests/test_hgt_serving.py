@@ -227,6 +227,6 @@ def test_status_and_openapi_list_hgt(service):
     base, _, version = service
     status = requests.get(f"{base}/v1/status", timeout=10).json()
     assert status["models"]["hgt"]["loaded"] and status["models"]["hgt"]["version"] == version
-    assert status["cascade"] == ["tgn", "hgt", "lightgcn", "popularity"]
+    assert status["cascade"] == ["tgn", "hgt", "lightgcn", "content", "popularity"]
     paths = requests.get(f"{base}/openapi.json", timeout=10).json()["paths"]
     assert {"/v1/similar_items", "/v1/provider_items"} <= set(paths)

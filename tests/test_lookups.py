@@ -17,7 +17,7 @@ from fastapi.exceptions import RequestValidationError
 from pydantic import ValidationError
 
 from deployments.caches import CatalogSnapshot, ItemMeta, SeenItems, result_variant
-from deployments.contract import Candidate, LookupResult, ModelQuery, ProviderItemsQuery
+from deployments.contract import Candidate, LookupResult, ModelQuery, ModelStatus, ProviderItemsQuery, TextSearchQuery
 from deployments.ingress import Ingress, IngressConfig, _validation_error, api
 from deployments.popularity import LoadedPopularity, PopularityDeployment
 from deployments.schemas import (
@@ -26,6 +26,8 @@ from deployments.schemas import (
     ProviderItemsResponse,
     RecommendRequest,
     RequestContext,
+    SearchRequest,
+    SearchResponse,
     SimilarItemsRequest,
     SimilarItemsResponse,
 )
@@ -137,7 +139,7 @@ def test_openapi_documents_the_lookup_endpoints():
 
 def test_hgt_is_second_in_the_default_cascade():
     config = IngressConfig()
-    assert config.cascade == ["tgn", "hgt", "lightgcn", "popularity"]
+    assert config.cascade == ["tgn", "hgt", "lightgcn", "content", "popularity"]
     assert config.stage_timeout_ms["hgt"] == 500.0
 
 
@@ -173,14 +175,24 @@ class IngressUnderTest:
 
     similar_items = Ingress.func_or_class.similar_items
     provider_items = Ingress.func_or_class.provider_items
+    search = Ingress.func_or_class.search
+    _first_answer = Ingress.func_or_class._first_answer
     _lookup = Ingress.func_or_class._lookup
     _exclusions = Ingress.func_or_class._exclusions
     _enriched = Ingress.func_or_class._enriched
     _seen_items = Ingress.func_or_class._seen_items
     _known_session_items = Ingress.func_or_class._known_session_items
 
-    def __init__(self, models: dict, seen: dict[str, list[str]] | None = None, db_down: bool = False, **config):
+    def __init__(
+        self,
+        models: dict,
+        seen: dict[str, list[str]] | None = None,
+        db_down: bool = False,
+        statuses: dict[str, ModelStatus] | None = None,
+        **config,
+    ):
         self.models = models
+        self.statuses = statuses or {}
         self.config = IngressConfig.model_validate(config)
         self.metrics = Metrics()
 
@@ -192,6 +204,9 @@ class IngressUnderTest:
         self.seen = SeenItems(load_seen, max_users=10, ttl_s=60)
         self.catalog = CatalogSnapshot(lambda: CATALOG, lambda ids: {}, refresh_s=60)
         run(self.catalog.refresh())
+
+    async def model_statuses(self) -> dict[str, ModelStatus]:
+        return self.statuses
 
 
 def candidates(source: str, *item_ids: str) -> list[Candidate]:
@@ -233,13 +248,55 @@ def test_an_unknown_item_is_a_404_that_says_which():
         ({"hgt": Model(similar_items=Method(delay_s=1.0))}, "timeout", "did not answer in time"),
     ],
 )
-def test_similar_items_without_a_working_hgt_is_a_clear_503(models, outcome, says):
+def test_similar_items_without_a_working_model_is_a_clear_503(models, outcome, says):
     ingress = IngressUnderTest(models, stage_timeout_ms={"hgt": 20}, retry_after_s=9)
     response = run(ingress.similar_items(SimilarItemsRequest(item_id="g1")))
     assert response.status_code == 503 and response.headers["retry-after"] == "9"
-    assert body(response)["error"].startswith("similar items need the hgt model") and says in body(response)["error"]
+    error = body(response)["error"]
+    assert error.startswith("similar items cannot be served (hgt ") and says in error
+    assert "content is not deployed" in error
     if outcome != "not_deployed":
         assert ingress.metrics.lookup("similar_items", "hgt", outcome) == 1
+
+
+def test_similar_items_fall_back_to_the_content_retriever():
+    hgt = Model(similar_items=Method(error=RuntimeError("replica died")))
+    content = Model(similar_items=Method(LookupResult(candidates=candidates("content", "g2"), version="c1")))
+    ingress = IngressUnderTest({"hgt": hgt, "content": content})
+    response = run(ingress.similar_items(SimilarItemsRequest(item_id="g1")))
+    assert isinstance(response, SimilarItemsResponse)
+    assert (response.model, response.version, [i.item_id for i in response.items]) == ("content", "c1", ["g2"])
+    assert ingress.metrics.lookup("similar_items", "hgt", "error") == 1
+    assert ingress.metrics.lookup("similar_items", "content", "served") == 1
+
+
+def test_text_search_passes_its_filters_and_pages():
+    content = Model(search=Method(LookupResult(candidates=candidates("content", "g2", "g3"), version="c1")))
+    ingress = IngressUnderTest({"content": content})
+    request = SearchRequest(text="space strategy", k=1, offset=1, filters={"category": "strategy", "badges": ["Co-op"]})
+    response = run(ingress.search(request))
+    assert isinstance(response, SearchResponse) and response.text == "space strategy"
+    assert [i.item_id for i in response.items] == ["g3"]
+    (query,) = content.search.calls
+    assert isinstance(query, TextSearchQuery)
+    assert (query.text, query.k, query.filters.category, query.badges) == ("space strategy", 2, "strategy", ["Co-op"])
+
+
+def test_an_unhealthy_model_is_not_called_and_the_answer_is_a_503():
+    content = Model(search=Method(LookupResult(candidates=candidates("content", "g2"), version="c1")))
+    unhealthy = ModelStatus(model="content", loaded=True, healthy=False, error="vector store unavailable")
+    ingress = IngressUnderTest({"content": content}, statuses={"content": unhealthy}, retry_after_s=7)
+    response = run(ingress.search(SearchRequest(text="space")))
+    assert response.status_code == 503 and response.headers["retry-after"] == "7"
+    assert body(response)["error"] == "search cannot be served (content reports itself unhealthy); retry later"
+    assert content.search.calls == []
+    assert ingress.metrics.lookup("search", "content", "unhealthy") == 1
+
+
+@pytest.mark.parametrize("bad", [{"text": ""}, {"text": "x" * 513}, {"text": "a", "filters": {"badges": ["b"] * 17}}])
+def test_search_requests_are_bounded(bad):
+    with pytest.raises(ValidationError):
+        SearchRequest.model_validate(bad)
 
 
 def test_provider_items_come_from_hgt_for_the_user_without_what_they_have_seen():

@@ -1,0 +1,147 @@
+"""The content retriever on its own deployment: MiniLM text vectors in the vector store.
+
+- `recommend`: a known user's vector (the event-weighted mean of their items' text vectors), or the mean of
+  the session's items, searched against the item vectors with the request's filters.
+- `similar_items`: items whose text is nearest an item's.
+- `search`: a free-text query ("space strategy with co-op"), encoded by the replica's MiniLM.
+
+Every item of the catalogue has a vector as soon as `recserve train content` has embedded it, interactions or
+not, so an item nobody has touched yet is found. The replica reads the vectors of the artifact version it
+serves (`{alias}__{version}`), not whatever the alias points at now, so a rollout through `user_config` moves
+every stage of a request to the new version together.
+
+When the vector store cannot be reached, `status()` reports the replica unhealthy and calls raise
+`VectorStoreUnavailable`; the ingress falls through to the next stage. `check_health` does not fail for it:
+restarting the replica would not bring the store back.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+from ray import serve
+
+from deployments.contract import (
+    ArtifactModel,
+    Candidate,
+    LookupResult,
+    ModelQuery,
+    ModelStatus,
+    SimilarItemsQuery,
+    TextSearchQuery,
+)
+from deployments.devices import replica_device
+from models.content import TextEncoder
+from stores.artifacts import ArtifactNotFound
+from stores.settings import Settings, get_settings
+from stores.vectors import VectorStore, VectorStoreUnavailable
+
+log = logging.getLogger(__name__)
+
+MAX_SESSION_ITEMS = 20  # the most recent session items averaged into a visitor's vector
+
+
+@dataclass(frozen=True)
+class LoadedContent:
+    version: str
+
+
+@serve.deployment(user_config={"version": "current"})
+class ContentDeployment(ArtifactModel[LoadedContent]):
+    model_name = "content"
+
+    def __init__(self, namespace: str, artifacts_dir: str):
+        super().__init__(namespace, artifacts_dir)
+        self.namespace = namespace
+        settings: Settings = get_settings()
+        self.store = VectorStore.from_settings(settings)
+        # One thread owns the store: the embedded engine's readers are not shared across threads, and a
+        # server's HTTP calls stay off the event loop.
+        self.store_thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="vector-store")
+        self.encoder = TextEncoder(device=replica_device())
+        self.encoder.encode(["warm up"])  # loads the model now, not on the first request
+
+    def load_artifact(self, folder: Path) -> LoadedContent:
+        version = folder.name
+        try:
+            stored = self.store.count(self.namespace, self.model_name, "items", version=version)
+        except VectorStoreUnavailable as error:
+            # Serve the version anyway: status() reports the outage, and the calls work once the store is back.
+            log.warning("content: vector store unavailable while loading %s: %s", version, error)
+            return LoadedContent(version)
+        if stored == 0:
+            raise ArtifactNotFound(f"content {version} has no vectors in the store; run `recserve sync content {version}`")
+        return LoadedContent(version)
+
+    async def _store(self, call, *args, **kwargs):
+        return await asyncio.get_running_loop().run_in_executor(self.store_thread, lambda: call(*args, **kwargs))
+
+    async def status(self) -> ModelStatus:
+        status = await super().status()
+        try:
+            await self._store(self.store.check)
+        except VectorStoreUnavailable as error:
+            return status.model_copy(update={"healthy": False, "error": f"vector store unavailable: {error}"})
+        return status
+
+    async def _vector(self, kind: str, id: str, version: str) -> np.ndarray | None:
+        return await self._store(self.store.get_vector, self.namespace, self.model_name, kind, id, version=version)
+
+    async def _search(self, vector: np.ndarray, query, version: str, exclude: list[str], badges=()) -> list[tuple[str, float]]:
+        return await self._store(
+            self.store.search,
+            self.namespace,
+            self.model_name,
+            "items",
+            vector,
+            query.k,
+            exclude_ids=exclude,
+            category=query.filters.category,
+            provider=query.filters.provider,
+            badges=badges,
+            version=version,
+        )
+
+    async def recommend(self, query: ModelQuery) -> list[Candidate]:
+        loaded = self.loaded
+        if loaded is None:
+            return []
+        vector, reason = None, ""
+        if query.user_id is not None:
+            vector, reason = await self._vector("users", query.user_id, loaded.version), "like what you played"
+        if vector is None and query.session_items:
+            found = [await self._vector("items", i, loaded.version) for i in query.session_items[-MAX_SESSION_ITEMS:]]
+            found = [v for v in found if v is not None]
+            if found:
+                vector, reason = np.mean(found, axis=0), "like the items in your session"
+        if vector is None:
+            return []  # nothing known of them: the cascade's next stage answers
+        hits = await self._search(vector, query, loaded.version, [*query.exclude_ids, *query.session_items])
+        return [Candidate(item_id=i, score=s, source=self.model_name, reason=reason) for i, s in hits]
+
+    async def similar_items(self, query: SimilarItemsQuery) -> LookupResult:
+        loaded = self.loaded
+        if loaded is None:
+            return LookupResult()
+        vector = await self._vector("items", query.item_id, loaded.version)
+        if vector is None:
+            return LookupResult(missing=f"unknown item {query.item_id!r}", version=loaded.version)
+        hits = await self._search(vector, query, loaded.version, [*query.exclude_ids, query.item_id])
+        reason = "similar description"
+        candidates = [Candidate(item_id=i, score=s, source=self.model_name, reason=reason) for i, s in hits]
+        return LookupResult(candidates=candidates, version=loaded.version)
+
+    async def search(self, query: TextSearchQuery) -> LookupResult:
+        loaded = self.loaded
+        if loaded is None:
+            return LookupResult()
+        [vector] = await asyncio.to_thread(self.encoder.encode, [query.text])
+        hits = await self._search(vector, query, loaded.version, query.exclude_ids, badges=query.badges)
+        reason = f"matches {query.text!r}"
+        candidates = [Candidate(item_id=i, score=s, source=self.model_name, reason=reason) for i, s in hits]
+        return LookupResult(candidates=candidates, version=loaded.version)
