@@ -114,6 +114,8 @@ class ContentDeployment(ArtifactModel[LoadedContent]):
         vector, reason = None, ""
         if query.user_id is not None:
             vector, reason = await self._vector("users", query.user_id, loaded.version), "like what you played"
+            if vector is not None and not vector.any():
+                vector = None  # nothing liked (only dislikes): no content signal
         if vector is None and query.session_items:
             found = [await self._vector("items", i, loaded.version) for i in query.session_items[-MAX_SESSION_ITEMS:]]
             found = [v for v in found if v is not None]

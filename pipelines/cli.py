@@ -62,6 +62,14 @@ def cmd_train(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_sync(args: argparse.Namespace) -> int:
+    from pipelines.training import sync_model
+
+    counts = sync_model(args.model, _settings(args), args.version)
+    print(f"{args.model} {args.version}: synced {json.dumps(counts)}")
+    return 0
+
+
 def cmd_evaluate(args: argparse.Namespace) -> int:
     from pipelines.training import evaluate_model
 
@@ -131,6 +139,11 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                        help="a training setting (see the README), e.g. --set time_budget_s=600")
     train.set_defaults(func=cmd_train)
+
+    sync = with_namespace(sub.add_parser("sync", help="write an artifact's vectors to the vector store again"))
+    sync.add_argument("model", choices=sorted(MODELS))
+    sync.add_argument("version", nargs="?", default="current", help="artifact version (default: current)")
+    sync.set_defaults(func=cmd_sync)
 
     evaluate = with_namespace(sub.add_parser("evaluate", help="write a Markdown evaluation report with plots"))
     evaluate.add_argument("model", choices=sorted(MODELS))

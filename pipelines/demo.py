@@ -56,6 +56,9 @@ def show_examples(base: str, store: EventStore) -> None:
         ("POST", "/v1/recommend", {"user_id": "brand-new-user", "k": 3,
                                    "context": {"device": "console", "attributes": {"age_band": "18-24"}}}),
         ("POST", "/v1/similar_items", {"item_id": items[0], "k": 3}),
+        # Free-text search over the catalogue's MiniLM vectors, filtered by tag.
+        ("POST", "/v1/search", {"text": "space strategy with co-op", "k": 3}),
+        ("POST", "/v1/search", {"text": "calm puzzles for the evening", "k": 3, "filters": {"badges": ["relaxing"]}}),
         ("POST", "/v1/provider_items", {"provider": provider, "user_id": user, "k": 3}),
         ("POST", "/v1/recommend", {"k": 3, "filters": {"category": "strategy"}}),
         # A live session: the play is stored, applied to TGN's memory, and TGN answers while it lasts.

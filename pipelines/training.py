@@ -17,6 +17,7 @@ from typing import Any
 from graph_builders.edge_weights import EdgeWeights
 from models.item_index import ItemIndex
 from models.popularity import PopularityModel
+from pipelines.content import train_content_artifact
 from pipelines.embedding_sync import sync_artifact_embeddings
 from pipelines.hgt import train_hgt_artifact
 from pipelines.lightgcn import train_lightgcn_artifact
@@ -24,6 +25,8 @@ from pipelines.tgn import train_tgn_artifact
 from pipelines.protocol import RankingProtocol, TrainingData, baseline_metrics, data_window, popularity_scores
 from pipelines.reports import write_report
 from stores.artifacts import ArtifactStore, Manifest
+from stores.event_store import EventStore
+from stores.postgres import Database
 from stores.settings import REPO_ROOT, Settings
 
 log = logging.getLogger(__name__)
@@ -63,8 +66,9 @@ MODELS: dict[str, Trainer] = {
     "lightgcn": train_lightgcn_artifact,
     "tgn": train_tgn_artifact,
     "hgt": train_hgt_artifact,
+    "content": train_content_artifact,
 }
-DEMO_MODELS = ["popularity", "lightgcn", "tgn", "hgt"]
+DEMO_MODELS = ["popularity", "lightgcn", "tgn", "hgt", "content"]
 # Demo training stays within a few minutes on a 2-core CPU.
 DEMO_OVERRIDES: dict[str, dict[str, Any]] = {
     "lightgcn": {"time_budget_s": 60.0, "max_epochs": 40},
@@ -82,6 +86,17 @@ def train_model(model: str, settings: Settings, overrides: dict[str, Any] | None
     sync_artifact_embeddings(artifacts.resolve(model, manifest.version), manifest, settings, data.items)
     log.info("trained %s %s in %.1f s", model, manifest.version, time.perf_counter() - started)
     return manifest
+
+
+def sync_model(model: str, settings: Settings, version: str = "current") -> dict[str, int]:
+    """`recserve sync`: an artifact's vectors into the vector store again, e.g. a new Qdrant server's."""
+    artifacts = ArtifactStore(settings.artifacts_dir, settings.namespace)
+    folder = artifacts.resolve(model, version)
+    catalog = EventStore(Database.from_settings(settings)).items_frame()
+    counts = sync_artifact_embeddings(folder, artifacts.manifest(model, folder.name), settings, catalog)
+    if not counts:
+        raise ValueError(f"{model} {folder.name} has no embeddings to sync")
+    return counts
 
 
 def evaluate_model(model: str, settings: Settings, out_dir: Path | None = None) -> Path:
