@@ -388,7 +388,7 @@ class Ingress:
     async def search(self, request: SearchRequest) -> SearchResponse | JSONResponse:
         """Catalogue items whose text (title, description, provider, category, tags) is nearest `text`,
         by MiniLM embeddings; items nobody has interacted with yet are found too. Filters: category,
-        provider, any of `badges`. 503: the content retriever is not loaded, failed or timed out."""
+        provider, any of `badges`. 503: the content retriever is not loaded, unhealthy, failed or timed out."""
         needed = request.offset + request.k
         query = TextSearchQuery(
             text=request.text,

@@ -63,6 +63,13 @@ def serving(
         log.close()
 
 
+def every_replica_answers(base: str) -> bool:
+    """Every model deployment answered its status call: none is still starting up (a replica that is loading,
+    say, MiniLM takes CPU from the others, and their first requests could miss their stage timeouts)."""
+    models = requests.get(f"{base}/v1/status", timeout=10).json()["models"]
+    return not any((status.get("error") or "").startswith("status failed") for status in models.values())
+
+
 def wait_until_loaded(base: str, process: subprocess.Popen, log_path: str, model: str, timeout: float = 240) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
@@ -70,7 +77,7 @@ def wait_until_loaded(base: str, process: subprocess.Popen, log_path: str, model
             pytest.fail(f"recserve serve exited with {process.returncode}:\n{open(log_path).read()[-3000:]}")
         try:
             health = requests.get(f"{base}/healthz", timeout=2)
-            if health.ok and model in health.json()["models_loaded"]:
+            if health.ok and model in health.json()["models_loaded"] and every_replica_answers(base):
                 return
         except (requests.ConnectionError, requests.Timeout):
             pass
