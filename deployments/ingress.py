@@ -17,7 +17,8 @@ import time
 import uuid
 from collections import defaultdict
 from datetime import UTC, datetime
-from typing import Annotated, Any, NamedTuple
+from concurrent.futures import ThreadPoolExecutor
+from typing import Annotated, Any, Literal, NamedTuple
 
 from fastapi import FastAPI, Path, Request
 from fastapi.exceptions import RequestValidationError
@@ -40,6 +41,7 @@ from deployments.contract import (
 )
 from deployments.metrics import IngressMetrics
 from deployments.schemas import (
+    EmbeddingResponse,
     ErrorResponse,
     InteractionsBody,
     InteractionBatch,
@@ -63,6 +65,7 @@ from models.sessions import session_key
 from stores.event_store import EventRow, EventStore
 from stores.postgres import UNAVAILABLE_ERRORS, Database
 from stores.settings import get_settings
+from stores.vectors import VectorStore, VectorStoreUnavailable
 
 log = logging.getLogger(__name__)
 
@@ -135,6 +138,8 @@ def _too_large(limit: int) -> JSONResponse:
 api.add_middleware(BodySizeLimit, max_bytes=get_settings().max_body_bytes)
 
 UserIdPath = Annotated[str, Path(min_length=1, max_length=128)]
+EmbeddingIdPath = Annotated[str, Path(min_length=1, max_length=128)]
+EmbeddingModel = Literal["lightgcn", "hgt", "tgn", "content"]
 SessionIdPath = Annotated[str, Path(min_length=1, max_length=128)]
 
 
@@ -208,6 +213,9 @@ class Ingress:
             self.store, self.config.catalog_refresh_s, on_refresh=lambda count: self.metrics.catalog_items.set(count)
         )
         self.seen = SeenItems(self.store.seen_items, self.config.seen_cache_users, self.config.seen_cache_ttl_s)
+        self.vectors = VectorStore.from_settings(get_settings())
+        # One thread owns the vector store: its embedded readers are not shared across threads.
+        self.vector_thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="vector-store")
         self.results: PerUserCache[tuple[RecommendResponse, bool]] = PerUserCache(
             self.config.result_cache_users, self.config.result_cache_ttl_s
         )
@@ -597,6 +605,35 @@ class Ingress:
             return ended
         # The end is stored, so it stands without TGN's answer: the session is over and holds nothing.
         return SessionResponse(key=key, user_id=user_id, session_id=session_id, active=False)
+
+    # -- embeddings --------------------------------------------------------------------------------
+    @api.get(
+        "/v1/embeddings/{model}/{kind}/{id}",
+        response_model=EmbeddingResponse,
+        responses={404: {"model": ErrorResponse}, 503: {"model": ErrorResponse}},
+        summary="A user's or item's vector, as synced to the vector store",
+    )
+    async def embedding(self, model: EmbeddingModel, kind: Literal["users", "items"], id: EmbeddingIdPath):
+        """The current synced version's vector (what retrieval searches with). 404: nothing synced for that model
+        and kind, or the id is not in it. 503: the vector store cannot be reached."""
+        loop = asyncio.get_running_loop()
+        namespace = self.config.namespace
+
+        def read() -> tuple[str | None, Any]:
+            version = self.vectors.current_version(namespace, model, kind)
+            if version is None:
+                return None, None
+            return version, self.vectors.get_vector(namespace, model, kind, id, version=version)
+
+        try:
+            version, vector = await loop.run_in_executor(self.vector_thread, read)
+        except VectorStoreUnavailable as error:
+            return _unavailable(f"the vector store is unavailable: {error}", self.config.retry_after_s)
+        if version is None:
+            return _not_found(f"no {kind} vectors synced for {model}", "model")
+        if vector is None:
+            return _not_found(f"unknown {kind[:-1]} {id!r} in {model} {version}", "id")
+        return EmbeddingResponse(model=model, kind=kind, id=id, version=version, vector=vector.tolist())
 
     # -- service ---------------------------------------------------------------------------------
     @api.get("/v1/status", response_model=StatusResponse)

@@ -181,6 +181,14 @@ class SearchResponse(ItemListResponse):
     text: str
 
 
+class EmbeddingResponse(BaseModel):
+    model: str
+    kind: Literal["users", "items"]
+    id: str
+    version: str = Field(description="the synced model version the vector belongs to (the alias's current one)")
+    vector: list[float]
+
+
 class ProviderItemsResponse(ItemListResponse):
     provider: str
     user_id: str | None

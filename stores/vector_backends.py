@@ -129,6 +129,8 @@ class EmbeddedBackend:
         try:
             stat = self._alias_file.stat()
         except FileNotFoundError:
+            if not (self.root / "collections").is_dir():  # the store itself is gone, not merely empty
+                raise VectorStoreUnavailable(f"{self.root} is missing") from None
             return {}
         except OSError as error:
             raise VectorStoreUnavailable(f"cannot read {self._alias_file}: {error}") from error

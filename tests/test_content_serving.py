@@ -8,10 +8,12 @@ from __future__ import annotations
 import shutil
 import time
 
+import numpy as np
 import pytest
 import requests
 
 from pipelines.training import train_model
+from stores.vectors import VectorStore
 from tests.serve_process import demo_namespace, serving
 
 pytestmark = pytest.mark.serve
@@ -95,6 +97,25 @@ def test_a_known_user_is_served_by_content_in_the_cascade(service):
     assert not {i["item_id"] for i in body["items"]} & set(store.seen_items(user))
 
 
+def test_embeddings_are_served_from_the_vector_store(service):
+    base, settings, _, version = service
+    response = requests.get(f"{base}/v1/embeddings/content/items/{UNTOUCHED}", timeout=10)
+    assert response.status_code == 200, response.text
+    body = response.json()
+    assert (body["model"], body["kind"], body["id"], body["version"]) == ("content", "items", UNTOUCHED, version)
+    with VectorStore.from_settings(settings) as store:
+        expected = store.get_vector(settings.namespace, "content", "items", UNTOUCHED)
+    np.testing.assert_allclose(body["vector"], expected, rtol=1e-6)
+    assert len(body["vector"]) == 384
+
+    unknown = requests.get(f"{base}/v1/embeddings/content/users/nobody", timeout=10)
+    assert unknown.status_code == 404 and unknown.json()["fields"] == ["id"]
+    unsynced = requests.get(f"{base}/v1/embeddings/lightgcn/items/{UNTOUCHED}", timeout=10)
+    assert unsynced.status_code == 404 and unsynced.json()["error"] == "no items vectors synced for lightgcn"
+    assert requests.get(f"{base}/v1/embeddings/nope/items/x", timeout=10).status_code == 422
+    assert requests.get(f"{base}/v1/embeddings/content/things/x", timeout=10).status_code == 422
+
+
 def _wait_for(base: str, healthy: bool, timeout_s: float = 60) -> None:
     deadline = time.monotonic() + timeout_s
     while content_status(base)["healthy"] != healthy:
@@ -117,6 +138,8 @@ def test_without_the_vector_store_the_ingress_falls_through_with_no_500(service)
         search = post(base, "/v1/search", {"text": "space"}, status=503)
         assert search.headers["retry-after"] and "content reports itself unhealthy" in search.json()["error"]
         post(base, "/v1/similar_items", {"item_id": store.items_frame()["item_id"].iloc[0]}, status=503)
+        embedding = requests.get(f"{base}/v1/embeddings/content/items/{UNTOUCHED}", timeout=10)
+        assert embedding.status_code == 503 and embedding.headers["retry-after"]
     finally:
         shutil.move(away, vectors)
     _wait_for(base, healthy=True)
