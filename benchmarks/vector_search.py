@@ -29,7 +29,7 @@ from pathlib import Path
 import numpy as np
 from qdrant_client import QdrantClient
 
-from stores.vector_backends import EmbeddedBackend, ServerBackend
+from stores.vector_backends import HNSW_EF_CONSTRUCT, HNSW_M, EmbeddedBackend, ServerBackend
 from stores.vectors import VectorSet, VectorStore
 
 RESULTS = Path(__file__).parent / "results" / "vector_search.json"
@@ -116,26 +116,31 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--points", type=int, default=50_000)
     parser.add_argument("--queries", type=int, default=2000)
-    parser.add_argument("--local-queries", type=int, default=40)
+    parser.add_argument("--local-queries", type=int, default=40, help="0 leaves qdrant-client's local mode out")
     parser.add_argument("--topics", type=int, default=300, help="topic centres; 0: uniform random vectors")
+    parser.add_argument("--hnsw", type=int, nargs=2, metavar=("M", "EF_CONSTRUCT"), default=[HNSW_M, HNSW_EF_CONSTRUCT],
+                        help="the embedded store's HNSW build settings (default: the store's own)")
     parser.add_argument("--out", type=Path, default=RESULTS)
     args = parser.parse_args()
     items, payloads = catalogue(args.points, args.topics)
     print(f"machine: {platform.machine()}, {os.cpu_count()} CPUs, {platform.python_version()}; {args.points:,} points x {DIM}, "
-          f"{args.topics or 'no'} topics")
+          f"{args.topics or 'no'} topics; HNSW m={args.hnsw[0]}, ef_construct={args.hnsw[1]}")
 
     results = {}
-    with tempfile.TemporaryDirectory() as folder, VectorStore(TimedSealBackend(Path(folder))) as store:
+    with tempfile.TemporaryDirectory() as folder, VectorStore(
+        TimedSealBackend(Path(folder), hnsw_m=args.hnsw[0], hnsw_ef_construct=args.hnsw[1])
+    ) as store:
         embedded = measure(store, items, payloads, args.queries, seed=1)
         embedded["seal_seconds"] = store.backend.seal_seconds
         embedded["upsert_points_per_second"] = args.points / (embedded["sync_seconds"] - store.backend.seal_seconds)
         results["embedded (qdrant-edge)"] = embedded
-    warnings.filterwarnings("ignore", "Payload indexes have no effect")  # local mode has none: part of the comparison
-    warnings.filterwarnings("ignore", "Local mode is not recommended")
-    with VectorStore(ServerBackend(QdrantClient(location=":memory:"))) as store:
-        local = measure(store, items, payloads, args.local_queries, seed=1)
-        local["upsert_points_per_second"] = local["points_per_second"]
-        results["qdrant-client local mode (:memory:)"] = local
+    if args.local_queries:
+        warnings.filterwarnings("ignore", "Payload indexes have no effect")  # local mode has none: part of the comparison
+        warnings.filterwarnings("ignore", "Local mode is not recommended")
+        with VectorStore(ServerBackend(QdrantClient(location=":memory:"))) as store:
+            local = measure(store, items, payloads, args.local_queries, seed=1)
+            local["upsert_points_per_second"] = local["points_per_second"]
+            results["qdrant-client local mode (:memory:)"] = local
 
     print("\n| store | filter | p50 ms | p99 ms | recall@10 | queries |\n|---|---|---|---|---|---|")
     for store_name, result in results.items():
@@ -148,7 +153,8 @@ def main() -> None:
             f"| {result['sync_seconds']:.1f} |"
         )
     args.out.parent.mkdir(exist_ok=True)
-    args.out.write_text(json.dumps({"points": args.points, "dim": DIM, "topics": args.topics, "results": results}, indent=1))
+    summary = {"points": args.points, "dim": DIM, "topics": args.topics, "hnsw": args.hnsw, "results": results}
+    args.out.write_text(json.dumps(summary, indent=1))
     print(f"\nwrote {args.out}")
 
 

@@ -20,7 +20,6 @@ from __future__ import annotations
 import asyncio
 import logging
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -38,7 +37,7 @@ from deployments.contract import (
 from deployments.devices import replica_device
 from models.content import TextEncoder
 from stores.artifacts import ArtifactNotFound
-from stores.settings import Settings, get_settings
+from stores.settings import get_settings
 from stores.vectors import VectorStore, VectorStoreUnavailable
 
 log = logging.getLogger(__name__)
@@ -46,37 +45,39 @@ log = logging.getLogger(__name__)
 MAX_SESSION_ITEMS = 20  # the most recent session items averaged into a visitor's vector
 
 
-@dataclass(frozen=True)
-class LoadedContent:
-    version: str
+MODEL = "content"
 
 
+def _candidates(hits: list[tuple[str, float]], reason: str) -> list[Candidate]:
+    return [Candidate(item_id=i, score=s, source=MODEL, reason=reason) for i, s in hits]
+
+
+# What a replica "loads" is the artifact version whose vectors it searches: the vectors stay in the store.
 @serve.deployment(user_config={"version": "current"})
-class ContentDeployment(ArtifactModel[LoadedContent]):
-    model_name = "content"
+class ContentDeployment(ArtifactModel[str]):
+    model_name = MODEL
 
     def __init__(self, namespace: str, artifacts_dir: str):
         super().__init__(namespace, artifacts_dir)
         self.namespace = namespace
-        settings: Settings = get_settings()
-        self.store = VectorStore.from_settings(settings)
+        self.store = VectorStore.from_settings(get_settings())
         # One thread owns the store: the embedded engine's readers are not shared across threads, and a
         # server's HTTP calls stay off the event loop.
         self.store_thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="vector-store")
         self.encoder = TextEncoder(device=replica_device())
         self.encoder.encode(["warm up"])  # loads the model now, not on the first request
 
-    def load_artifact(self, folder: Path) -> LoadedContent:
+    def load_artifact(self, folder: Path) -> str:
         version = folder.name
         try:
             stored = self.store.count(self.namespace, self.model_name, "items", version=version)
         except VectorStoreUnavailable as error:
             # Serve the version anyway: status() reports the outage, and the calls work once the store is back.
             log.warning("content: vector store unavailable while loading %s: %s", version, error)
-            return LoadedContent(version)
+            return version
         if stored == 0:
             raise ArtifactNotFound(f"content {version} has no vectors in the store; run `recserve sync content {version}`")
-        return LoadedContent(version)
+        return version
 
     async def _store(self, call, *args, **kwargs):
         return await asyncio.get_running_loop().run_in_executor(self.store_thread, lambda: call(*args, **kwargs))
@@ -89,8 +90,10 @@ class ContentDeployment(ArtifactModel[LoadedContent]):
             return status.model_copy(update={"healthy": False, "error": f"vector store unavailable: {error}"})
         return status
 
-    async def _vector(self, kind: str, id: str, version: str) -> np.ndarray | None:
-        return await self._store(self.store.get_vector, self.namespace, self.model_name, kind, id, version=version)
+    async def _vectors(self, kind: str, ids: list[str], version: str) -> list[np.ndarray]:
+        """The stored vectors of those ids that have one, in one store call."""
+        found = await self._store(self.store.get_vectors, self.namespace, self.model_name, kind, ids, version=version)
+        return [vector for vector in found if vector is not None]
 
     async def _search(self, vector: np.ndarray, query, version: str, exclude: list[str], badges=()) -> list[tuple[str, float]]:
         return await self._store(
@@ -108,42 +111,38 @@ class ContentDeployment(ArtifactModel[LoadedContent]):
         )
 
     async def recommend(self, query: ModelQuery) -> list[Candidate]:
-        loaded = self.loaded
-        if loaded is None:
+        version = self.loaded
+        if version is None:
             return []
         vector, reason = None, ""
         if query.user_id is not None:
-            vector, reason = await self._vector("users", query.user_id, loaded.version), "like what you played"
-            if vector is not None and not vector.any():
-                vector = None  # nothing liked (only dislikes): no content signal
+            found = await self._vectors("users", [query.user_id], version)
+            # A zero vector: the user liked nothing (only dislikes), so there is no content signal.
+            if found and found[0].any():
+                vector, reason = found[0], "like what you played"
         if vector is None and query.session_items:
-            found = [await self._vector("items", i, loaded.version) for i in query.session_items[-MAX_SESSION_ITEMS:]]
-            found = [v for v in found if v is not None]
+            found = await self._vectors("items", query.session_items[-MAX_SESSION_ITEMS:], version)
             if found:
                 vector, reason = np.mean(found, axis=0), "like the items in your session"
         if vector is None:
             return []  # nothing known of them: the cascade's next stage answers
-        hits = await self._search(vector, query, loaded.version, [*query.exclude_ids, *query.session_items])
-        return [Candidate(item_id=i, score=s, source=self.model_name, reason=reason) for i, s in hits]
+        hits = await self._search(vector, query, version, [*query.exclude_ids, *query.session_items])
+        return _candidates(hits, reason)
 
     async def similar_items(self, query: SimilarItemsQuery) -> LookupResult:
-        loaded = self.loaded
-        if loaded is None:
+        version = self.loaded
+        if version is None:
             return LookupResult()
-        vector = await self._vector("items", query.item_id, loaded.version)
-        if vector is None:
-            return LookupResult(missing=f"unknown item {query.item_id!r}", version=loaded.version)
-        hits = await self._search(vector, query, loaded.version, [*query.exclude_ids, query.item_id])
-        reason = "similar description"
-        candidates = [Candidate(item_id=i, score=s, source=self.model_name, reason=reason) for i, s in hits]
-        return LookupResult(candidates=candidates, version=loaded.version)
+        found = await self._vectors("items", [query.item_id], version)
+        if not found:
+            return LookupResult(missing=f"unknown item {query.item_id!r}", version=version)
+        hits = await self._search(found[0], query, version, [*query.exclude_ids, query.item_id])
+        return LookupResult(candidates=_candidates(hits, "similar description"), version=version)
 
     async def search(self, query: TextSearchQuery) -> LookupResult:
-        loaded = self.loaded
-        if loaded is None:
+        version = self.loaded
+        if version is None:
             return LookupResult()
         [vector] = await asyncio.to_thread(self.encoder.encode, [query.text])
-        hits = await self._search(vector, query, loaded.version, query.exclude_ids, badges=query.badges)
-        reason = f"matches {query.text!r}"
-        candidates = [Candidate(item_id=i, score=s, source=self.model_name, reason=reason) for i, s in hits]
-        return LookupResult(candidates=candidates, version=loaded.version)
+        hits = await self._search(vector, query, version, query.exclude_ids, badges=query.badges)
+        return LookupResult(candidates=_candidates(hits, f"matches {query.text!r}"), version=version)

@@ -140,6 +140,7 @@ api.add_middleware(BodySizeLimit, max_bytes=get_settings().max_body_bytes)
 UserIdPath = Annotated[str, Path(min_length=1, max_length=128)]
 EmbeddingIdPath = Annotated[str, Path(min_length=1, max_length=128)]
 EmbeddingModel = Literal["lightgcn", "hgt", "tgn", "content"]
+LookupQuery = SimilarItemsQuery | ProviderItemsQuery | TextSearchQuery
 SessionIdPath = Annotated[str, Path(min_length=1, max_length=128)]
 
 
@@ -376,16 +377,10 @@ class Ingress:
             exclude_ids=[*request.exclude_ids, request.item_id],
             filters=request.filters,
         )
-        answer = await self._first_answer("similar_items", ("hgt", "content"), query)
+        answer = await self._lookup_page("similar_items", ("hgt", "content"), query, request.offset, "item_id")
         if isinstance(answer, JSONResponse):
             return answer
-        result, model = answer
-        if result.missing is not None:
-            return _not_found(result.missing, "item_id")
-        items, _ = await self._enriched(result.candidates[request.offset : needed], NO_ARM)
-        return SimilarItemsResponse(
-            request_id=uuid.uuid4().hex, item_id=request.item_id, items=items, model=model, version=result.version
-        )
+        return SimilarItemsResponse(request_id=uuid.uuid4().hex, item_id=request.item_id, **answer)
 
     @api.post(
         "/v1/search",
@@ -405,12 +400,10 @@ class Ingress:
             filters=Filters(category=request.filters.category, provider=request.filters.provider),
             badges=request.filters.badges,
         )
-        answer = await self._first_answer("search", ("content",), query)
+        answer = await self._lookup_page("search", ("content",), query, request.offset)
         if isinstance(answer, JSONResponse):
             return answer
-        result, model = answer
-        items, _ = await self._enriched(result.candidates[request.offset : needed], NO_ARM)
-        return SearchResponse(request_id=uuid.uuid4().hex, text=request.text, items=items, model=model, version=result.version)
+        return SearchResponse(request_id=uuid.uuid4().hex, text=request.text, **answer)
 
     @api.post(
         "/v1/provider_items",
@@ -436,36 +429,38 @@ class Ingress:
             exclude_ids=exclusions.exclude,
             filters=Filters(category=request.filters.category),
         )
-        answer = await self._first_answer("provider_items", ("hgt", "popularity"), query)
+        answer = await self._lookup_page("provider_items", ("hgt", "popularity"), query, request.offset, "provider")
         if isinstance(answer, JSONResponse):
             return answer
-        result, model = answer
-        if result.missing is not None:
-            return _not_found(result.missing, "provider")
-        items, _ = await self._enriched(result.candidates[request.offset : needed], NO_ARM)
         return ProviderItemsResponse(
             request_id=uuid.uuid4().hex,
             provider=request.provider,
             user_id=request.user_id,
-            items=items,
-            model=model,
-            version=result.version,
             unknown_session_items=exclusions.unknown_session_items,
+            **answer,
         )
 
-    async def _first_answer(
-        self, endpoint: str, models: tuple[str, ...], query: BaseModel
-    ) -> tuple[LookupResult, str] | JSONResponse:
-        """The first of `models` to answer (the answer and the model), or a 503 saying why none did."""
+    async def _lookup_page(
+        self, endpoint: str, models: tuple[str, ...], query: LookupQuery, offset: int, looked_up: str | None = None
+    ) -> dict[str, Any] | JSONResponse:
+        """Ask `models` in order until one answers; its page from `offset` (the query asks for offset + k),
+        enriched: the `items`, `model` and `version` of the response. A 404 naming the `looked_up` field when the
+        model does not know it, a 503 saying why when no model answered."""
         outcomes = {}
         for model in models:
             result, outcomes[model] = await self._lookup(endpoint, model, query)
             if result is not None:
-                return result, model
-        why = ", ".join(f"{model} {_UNAVAILABLE[outcome]}" for model, outcome in outcomes.items())
-        return _unavailable(f"{endpoint.replace('_', ' ')} cannot be served ({why}); retry later", self.config.retry_after_s)
+                break
+        else:
+            why = ", ".join(f"{model} {_UNAVAILABLE[outcome]}" for model, outcome in outcomes.items())
+            message = f"{endpoint.replace('_', ' ')} cannot be served ({why}); retry later"
+            return _unavailable(message, self.config.retry_after_s)
+        if result.missing is not None and looked_up is not None:
+            return _not_found(result.missing, looked_up)
+        items, _ = await self._enriched(result.candidates[offset : query.k], NO_ARM)
+        return {"items": items, "model": model, "version": result.version}
 
-    async def _lookup(self, endpoint: str, model: str, query: BaseModel) -> tuple[LookupResult | None, str]:
+    async def _lookup(self, endpoint: str, model: str, query: LookupQuery) -> tuple[LookupResult | None, str]:
         """Call `model`'s method `endpoint` under the model's stage timeout: (its answer, the outcome).
         The answer is None, and the outcome says why, when the model is not deployed, reports itself
         unhealthy, has no artifact loaded, failed or timed out; "not_found" and "served" come with the answer."""

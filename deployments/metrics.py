@@ -54,17 +54,17 @@ class IngressMetrics:
             tag_keys=("call", "outcome"),
         )
 
-        # /v1/similar_items and /v1/provider_items: one count per model asked. outcome: "served",
-        # "not_found" (unknown item or provider), "not_loaded", "error" or "timeout"; for
-        # provider_items, HGT's failures are followed by popularity's attempt.
+        # /v1/similar_items, /v1/provider_items and /v1/search: one count per model asked. outcome: "served",
+        # "not_found" (unknown item or provider), "not_loaded", "unhealthy", "error" or "timeout"; a
+        # failure is followed by the next model's attempt (HGT, then content or popularity).
         self.lookups = Counter(
             "recserve_lookups",
-            description="Model calls of the similar-items and provider-items endpoints, by endpoint, model and outcome.",
+            description="Model calls of the similar-items, provider-items and search endpoints, by endpoint, model and outcome.",
             tag_keys=("endpoint", "source", "outcome"),
         )
         self.lookup_latency = Histogram(
             "recserve_lookup_latency_ms",
-            description="Latency of each model call of the similar-items and provider-items endpoints.",
+            description="Latency of each model call of the similar-items, provider-items and search endpoints.",
             boundaries=LATENCY_BOUNDARIES_MS,
             tag_keys=("endpoint", "source"),
         )

@@ -31,7 +31,7 @@ from models.hgt_serving import HGTIndex
 from models.hgt_training import REV_INTERACTS, HGTConfig, HGTTrainingResult, train_hgt
 from models.item_index import ItemIndex
 from pipelines.protocol import RankingProtocol, TrainingData, data_window
-from pipelines.reports import curve_rows
+from pipelines.reports import curve_rows, selection_summary
 from stores.artifacts import ArtifactStore, Manifest
 
 log = logging.getLogger(__name__)
@@ -167,13 +167,8 @@ def publish(artifacts: ArtifactStore, data: TrainingData, options: HGTOptions, g
                 **options.model_dump(),
                 "split": data.split_name,
                 "summary": {
-                    "selected epoch": selected.best_epoch,
-                    "stopped": selected.stopped_because,
-                    "training seconds (selection run)": round(selected.train_seconds, 1),
-                    "seconds per epoch": round(selected.train_seconds / max(selected.epochs_run, 1), 2),
+                    **selection_summary(selected, served, options.refit),
                     "nodes": {t: len(ids) for t, ids in graph.node_ids.items()},
-                    "served model": f"refit on all events, {served.epochs_run} epochs" if options.refit
-                    else "the selected model",
                 },
             },
             "metrics": {**metrics, "history": history},

@@ -25,7 +25,7 @@ from models.evaluation import evaluate_full_ranking
 from models.item_index import ItemIndex
 from models.lightgcn_training import LightGCNConfig, TrainingResult, train_lightgcn
 from pipelines.protocol import RankingProtocol, TrainingData, data_window
-from pipelines.reports import curve_rows
+from pipelines.reports import curve_rows, selection_summary
 from stores.artifacts import ArtifactStore, Manifest, write_json
 
 log = logging.getLogger(__name__)
@@ -103,13 +103,7 @@ def train_lightgcn_artifact(data: TrainingData, artifacts: ArtifactStore, overri
                 **options.model_dump(),
                 "edge_weights": weights.model_dump(),
                 "split": data.split_name,
-                "summary": {
-                    "selected epoch": selected.best_epoch,
-                    "stopped": selected.stopped_because,
-                    "training seconds (selection run)": round(selected.train_seconds, 1),
-                    "served model": f"refit on all events, {served.epochs_run} epochs" if options.refit
-                    else "the selected model",
-                },
+                "summary": selection_summary(selected, served, options.refit),
             },
             "metrics": {**metrics, "history": history},
             "item_count": len(items),

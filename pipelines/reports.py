@@ -54,6 +54,18 @@ def curve_rows(checkpoints: list[Any]) -> list[dict[str, float]]:
     ]
 
 
+def selection_summary(selected: Any, served: Any, refit: bool) -> dict[str, Any]:
+    """The manifest summary of a model chosen by `models.model_selection` and, with `refit`, trained again on
+    all events: what was selected, why training stopped, and what is served."""
+    return {
+        "selected epoch": selected.best_epoch,
+        "stopped": selected.stopped_because,
+        "training seconds (selection run)": round(selected.train_seconds, 1),
+        "seconds per epoch": round(selected.train_seconds / max(selected.epochs_run, 1), 2),
+        "served model": f"refit on all events, {served.epochs_run} epochs" if refit else "the selected model",
+    }
+
+
 def plot_curves(curves: list[dict[str, float]], path: Path) -> None:
     """A learning curve: held-out metrics (left axis) and training loss (right axis) against training
     time, or epochs when the history has no times."""

@@ -31,8 +31,8 @@ from qdrant_client.http.exceptions import ResponseHandlingException, UnexpectedR
 Distance = Literal["dot", "cosine"]
 # Payload fields that get a keyword index, so filtered searches stay fast.
 INDEXED_FIELDS = ("category", "provider", "badges")
-# HNSW graph degree and build beam: Qdrant's defaults (16, 100) found about 0.73 of the true top 10 on clustered
-# 384-d vectors here; (32, 256) about 0.97, for a slower index build (benchmarks/vector_search.py).
+# HNSW graph degree and build beam, above Qdrant's defaults (16, 100) for recall on 384-d text vectors at the
+# cost of a slower index build: `benchmarks/vector_search.py --hnsw 16 100` measures the defaults.
 HNSW_M, HNSW_EF_CONSTRUCT = 32, 256
 
 
@@ -82,7 +82,7 @@ class VectorBackend(Protocol):
     def writing(self) -> AbstractContextManager[None]: ...
     def drop(self, name: str) -> None: ...
     def query(self, name: str, vector: np.ndarray, k: int, where: PayloadFilter) -> list[Hit]: ...
-    def retrieve(self, name: str, point: str) -> np.ndarray | None: ...
+    def retrieve(self, name: str, points: list[str]) -> dict[str, np.ndarray]: ...
     def count(self, name: str) -> int: ...
     def check(self) -> None: ...
     def close(self) -> None: ...
@@ -109,6 +109,8 @@ class EmbeddedBackend:
 
     root: Path
     max_open: int = 8  # shards kept open for reading (least recently used closed beyond)
+    hnsw_m: int = HNSW_M
+    hnsw_ef_construct: int = HNSW_EF_CONSTRUCT
     _readers: OrderedDict[str, edge.EdgeShard] = field(default_factory=OrderedDict, init=False)
     _writing: dict[str, edge.EdgeShard] = field(default_factory=dict, init=False)
     _alias_stamp: tuple[int, int] | None = field(default=None, init=False)
@@ -146,7 +148,9 @@ class EmbeddedBackend:
     def create(self, name: str, dim: int, distance: Distance) -> None:
         config = edge.EdgeConfig(
             vectors=edge.EdgeVectorParams(size=dim, distance=_EDGE_DISTANCES[distance]),
-            hnsw_config=edge.HnswIndexConfig(m=HNSW_M, ef_construct=HNSW_EF_CONSTRUCT, full_scan_threshold=10_000),
+            hnsw_config=edge.HnswIndexConfig(
+                m=self.hnsw_m, ef_construct=self.hnsw_ef_construct, full_scan_threshold=10_000
+            ),
             wal_enabled=False,
         )
         shard = edge.EdgeShard.create(str(self._path(name)), config)
@@ -231,9 +235,9 @@ class EmbeddedBackend:
         )
         return [Hit(point.payload["id"], point.score) for point in self._reader(name).query(request)]
 
-    def retrieve(self, name: str, point: str) -> np.ndarray | None:
-        records = self._reader(name).retrieve([point], with_payload=False, with_vector=True)
-        return np.asarray(records[0].vector, dtype=np.float32) if records else None
+    def retrieve(self, name: str, points: list[str]) -> dict[str, np.ndarray]:
+        records = self._reader(name).retrieve(points, with_payload=False, with_vector=True)
+        return {str(r.id): np.asarray(r.vector, dtype=np.float32) for r in records}
 
     def count(self, name: str) -> int:
         return self._reader(name).count(edge.CountRequest(exact=True))
@@ -350,10 +354,10 @@ class ServerBackend:
             ).points
         return [Hit(hit.payload["id"], hit.score) for hit in hits]
 
-    def retrieve(self, name: str, point: str) -> np.ndarray | None:
+    def retrieve(self, name: str, points: list[str]) -> dict[str, np.ndarray]:
         with self._errors(name):
-            records = self.client.retrieve(name, ids=[point], with_payload=False, with_vectors=True)
-        return np.asarray(records[0].vector, dtype=np.float32) if records else None
+            records = self.client.retrieve(name, ids=points, with_payload=False, with_vectors=True)
+        return {str(r.id): np.asarray(r.vector, dtype=np.float32) for r in records}
 
     def count(self, name: str) -> int:
         with self._errors(name):

@@ -207,10 +207,18 @@ class VectorStore:
     def get_vector(self, namespace: str, model: str, kind: str, id: str, version: str | None = None) -> np.ndarray | None:
         """The stored vector (float32), or None when the id or the whole collection is unknown.
         `version`: that version's collection rather than the current one."""
+        return self.get_vectors(namespace, model, kind, [id], version)[0]
+
+    def get_vectors(
+        self, namespace: str, model: str, kind: str, ids: list[str], version: str | None = None
+    ) -> list[np.ndarray | None]:
+        """`get_vector` for many ids in one call: a vector, or None, per id."""
+        points = [point_id(i) for i in ids]
         try:
-            return self.backend.retrieve(_source(namespace, model, kind, version), point_id(id))
+            found = self.backend.retrieve(_source(namespace, model, kind, version), points)
         except CollectionMissing:
-            return None
+            return [None] * len(ids)
+        return [found.get(point) for point in points]
 
     def count(self, namespace: str, model: str, kind: str, version: str | None = None) -> int:
         """Points in the current (or that) version; 0 when nothing was synced."""

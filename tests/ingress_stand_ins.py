@@ -1,9 +1,17 @@
 """Stand-ins for a Serve deployment handle's methods and for Ray's metrics, for testing the ingress's
-own logic without a cluster."""
+own logic without a cluster, and the helpers those tests share."""
 
 from __future__ import annotations
 
 import asyncio
+import json
+
+import pytest
+from fastapi.exceptions import RequestValidationError
+from pydantic import ValidationError
+
+from deployments.ingress import _validation_error
+from deployments.schemas import RecommendRequest
 
 
 class Method:
@@ -37,3 +45,17 @@ class Counter:
 
     def observe(self, value: float, tags: dict | None = None) -> None:
         self.inc(1, tags)
+
+
+def run(coroutine):
+    return asyncio.run(coroutine)
+
+
+def fields_of_422(payload: dict, model=RecommendRequest) -> list[str]:
+    """The `fields` the ingress's 422 handler reports for a body that fails validation."""
+    with pytest.raises(ValidationError) as failed:
+        model.model_validate(payload)
+    errors = [{**e, "loc": ("body", *e["loc"])} for e in failed.value.errors()]
+    response = run(_validation_error(None, RequestValidationError(errors)))
+    assert response.status_code == 422
+    return json.loads(response.body)["fields"]

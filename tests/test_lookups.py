@@ -5,7 +5,6 @@ model deployments' lookup methods on stand-in state. The real HTTP path is tests
 
 from __future__ import annotations
 
-import asyncio
 import json
 from datetime import UTC, datetime
 from pathlib import Path
@@ -13,12 +12,11 @@ from pathlib import Path
 import psycopg2
 import pytest
 import torch
-from fastapi.exceptions import RequestValidationError
 from pydantic import ValidationError
 
 from deployments.caches import CatalogSnapshot, ItemMeta, SeenItems, result_variant
 from deployments.contract import Candidate, LookupResult, ModelQuery, ModelStatus, ProviderItemsQuery, TextSearchQuery
-from deployments.ingress import Ingress, IngressConfig, _validation_error, api
+from deployments.ingress import Ingress, IngressConfig, api
 from deployments.popularity import LoadedPopularity, PopularityDeployment
 from deployments.schemas import (
     MAX_ATTRIBUTES,
@@ -34,21 +32,8 @@ from deployments.schemas import (
 from models.item_index import ItemIndex
 from models.popularity import PopularityModel
 from stores.artifacts import Manifest
-from tests.ingress_stand_ins import Counter, Method
+from tests.ingress_stand_ins import Counter, Method, fields_of_422, run
 
-
-def run(coroutine):
-    return asyncio.run(coroutine)
-
-
-def fields_of_422(payload: dict, model=RecommendRequest) -> list[str]:
-    """The `fields` the ingress's 422 handler reports for a body that fails validation."""
-    with pytest.raises(ValidationError) as failed:
-        model.model_validate(payload)
-    errors = [{**e, "loc": ("body", *e["loc"])} for e in failed.value.errors()]
-    response = run(_validation_error(None, RequestValidationError(errors)))
-    assert response.status_code == 422
-    return json.loads(response.body)["fields"]
 
 
 # -- context.attributes -----------------------------------------------------------------------------
@@ -176,7 +161,7 @@ class IngressUnderTest:
     similar_items = Ingress.func_or_class.similar_items
     provider_items = Ingress.func_or_class.provider_items
     search = Ingress.func_or_class.search
-    _first_answer = Ingress.func_or_class._first_answer
+    _lookup_page = Ingress.func_or_class._lookup_page
     _lookup = Ingress.func_or_class._lookup
     _exclusions = Ingress.func_or_class._exclusions
     _enriched = Ingress.func_or_class._enriched

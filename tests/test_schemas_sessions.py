@@ -6,38 +6,22 @@ metrics are stand-ins); the real HTTP path is covered by the Serve tests.
 
 from __future__ import annotations
 
-import asyncio
 import json
 from datetime import UTC, datetime
 
 import psycopg2
 import pytest
-from fastapi.exceptions import RequestValidationError
-from pydantic import ValidationError
 
 from deployments.caches import CatalogSnapshot, ItemMeta, PerUserCache
 from deployments.contract import ModelQuery
-from deployments.ingress import Ingress, IngressConfig, _validation_error, api
+from deployments.ingress import Ingress, IngressConfig, api
 from deployments.schemas import InteractionsResponse, RecommendRequest, RecommendResponse, SessionResponse
 from models.sessions import SessionItem, SessionState
 from stores.event_store import SessionEnd
-from tests.ingress_stand_ins import Counter, Method
+from tests.ingress_stand_ins import Counter, Method, fields_of_422, run
 
 NOW = datetime(2026, 1, 1, 12, tzinfo=UTC)
 
-
-def run(coroutine):
-    return asyncio.run(coroutine)
-
-
-def fields_of_422(payload: dict, model=RecommendRequest) -> list[str]:
-    """The `fields` the ingress's 422 handler reports for a body that fails validation."""
-    with pytest.raises(ValidationError) as failed:
-        model.model_validate(payload)
-    errors = [{**e, "loc": ("body", *e["loc"])} for e in failed.value.errors()]
-    response = run(_validation_error(None, RequestValidationError(errors)))
-    assert response.status_code == 422
-    return json.loads(response.body)["fields"]
 
 
 # -- schemas ----------------------------------------------------------------------------------------
