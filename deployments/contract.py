@@ -61,6 +61,8 @@ class Candidate(BaseModel):
     score: float
     source: str
     reason: str
+    # Fusion only: each answering source's share of `score` (they add up to it).
+    contributions: dict[str, float] | None = None
 
 
 class SimilarItemsQuery(BaseModel):

@@ -13,6 +13,7 @@ with several ingress replicas an interaction reaches the others' caches only thr
 
 import asyncio
 import logging
+import random
 import time
 import uuid
 from collections import defaultdict
@@ -20,7 +21,7 @@ from datetime import UTC, datetime
 from concurrent.futures import ThreadPoolExecutor
 from typing import Annotated, Any, Literal, NamedTuple
 
-from fastapi import FastAPI, Path, Request
+from fastapi import FastAPI, Header, Path, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel, Field
@@ -28,6 +29,7 @@ from ray import serve
 from ray.serve.handle import DeploymentHandle
 from starlette.middleware.base import BaseHTTPMiddleware
 
+from deployments.admin import AdminRefused, TrainingJob, TrainingJobs, check_token
 from deployments.caches import CatalogSnapshot, ItemMeta, PerUserCache, SeenItems, result_variant
 from deployments.contract import (
     Candidate,
@@ -37,18 +39,25 @@ from deployments.contract import (
     ModelStatus,
     ProviderItemsQuery,
     SimilarItemsQuery,
+    StageAttempt,
     TextSearchQuery,
 )
 from deployments.metrics import IngressMetrics
+from deployments.rollouts import ARTIFACT_DEPLOYMENTS, deploy_user_config
 from deployments.schemas import (
     EmbeddingResponse,
     ErrorResponse,
+    FusionStatus,
+    LoadRequest,
+    LoadResponse,
     InteractionsBody,
     InteractionBatch,
     InteractionsResponse,
     UNION_TAGS,
     ProviderItemsRequest,
     ProviderItemsResponse,
+    RecommendBatchRequest,
+    RecommendBatchResponse,
     RecommendedItem,
     RecommendRequest,
     RecommendResponse,
@@ -59,9 +68,15 @@ from deployments.schemas import (
     SimilarItemsResponse,
     StatusResponse,
     StoredEvent,
+    Strategy,
+    TrainRequest,
 )
-from fusion.cascade import Stage, run_cascade
+from fusion.assignment import OVERRIDE_ARM, ABSettings, assign
+from fusion.cascade import CascadeResult, Stage, run_cascade
+from fusion.parallel import run_fusion
+from fusion.ranker import AttentionFusion, FusionContext, read_config
 from models.sessions import session_key
+from stores.artifacts import ArtifactNotFound, ArtifactStore
 from stores.event_store import EventRow, EventStore
 from stores.postgres import UNAVAILABLE_ERRORS, Database
 from stores.settings import get_settings
@@ -99,6 +114,15 @@ class IngressConfig(BaseModel):
         default=2000.0, gt=0, description="how long /v1/interactions waits for TGN to apply the stored events"
     )
     session_timeout_ms: float = Field(default=2000.0, gt=0, description="how long /v1/sessions waits for TGN")
+    fusion_candidates: int = Field(
+        default=50, ge=1, le=500, description="what fusion asks each source for, unless the fusion artifact says"
+    )
+
+
+class IngressUserConfig(ABSettings):
+    """What `serve deploy` may change on the running ingress (its `user_config`), without a restart."""
+
+    fusion_version: str = Field(default="current", description="fusion ranker artifact version, or 'current'")
 
 
 api = FastAPI(
@@ -179,6 +203,23 @@ class Exclusions(NamedTuple):
     session_items: list[str]  # in the catalogue, in order
     unknown_session_items: list[str]
     complete: bool  # False: the user's seen items could not be read (PostgreSQL down)
+    history_length: int = 0  # the user's seen items, when they were read
+
+
+@api.exception_handler(AdminRefused)
+async def _admin_refused(request: Request, exc: AdminRefused) -> JSONResponse:
+    headers = {"WWW-Authenticate": "Bearer"} if exc.status_code == 401 else None
+    error = ErrorResponse(error=str(exc), fields=["Authorization"])
+    return JSONResponse(error.model_dump(), status_code=exc.status_code, headers=headers)
+
+
+StrategyHeader = Annotated[
+    Strategy | None,
+    Header(alias="X-Recserve-Strategy", description="force a strategy, like the body's `strategy` (the arm is then 'override')"),
+]
+AuthorizationHeader = Annotated[str | None, Header(description="Bearer <RECSERVE_ADMIN_TOKEN>")]
+_ADMIN_ERRORS = {401: {"model": ErrorResponse}, 403: {"model": ErrorResponse}}
+AdminModel = Literal["tgn", "hgt", "lightgcn", "content", "popularity", "fusion"]
 
 
 def _not_found(message: str, field: str) -> JSONResponse:
@@ -220,9 +261,35 @@ class Ingress:
         self.results: PerUserCache[tuple[RecommendResponse, bool]] = PerUserCache(
             self.config.result_cache_users, self.config.result_cache_ttl_s
         )
+        self.admin_token = get_settings().admin_token
+        self.artifacts = ArtifactStore(get_settings().artifacts_dir, self.config.namespace)
+        self.training_jobs = TrainingJobs(self.config.namespace)
+        self.ab = IngressUserConfig()
+        self.fusion: tuple[str, AttentionFusion, int] | None = None  # (version, ranker, candidates per source)
+        await self.reconfigure({})
         # PostgreSQL down now: the ingress still comes up; enrichment waits for a later refresh.
         await self.catalog.refresh()
         self.catalog.start()
+
+    async def reconfigure(self, user_config: dict) -> None:
+        """A/B share and salt, and the fusion ranker's version: changed by `serve deploy`, no restart."""
+        config = IngressUserConfig.model_validate(user_config or {})
+        try:
+            folder = self.artifacts.resolve("fusion", config.fusion_version)
+            ranker = await asyncio.to_thread(AttentionFusion.load, folder)
+            candidates = int(read_config(folder).get("candidates_per_source", self.config.fusion_candidates))
+            self.fusion = (folder.name, ranker, candidates)
+        except ArtifactNotFound as missing:
+            # The fusion arm then serves the cascade, and says so in models_tried.
+            log.warning("fusion: %s", missing)
+        self.ab = config
+        self.metrics.fusion_share.set(config.fusion_share)
+        log.info("A/B: fusion_share %.3f (salt %r); fusion ranker %s", config.fusion_share, config.salt,
+                 self.fusion[0] if self.fusion else "not loaded")
+
+    async def fusion_version(self) -> str | None:
+        """The fusion ranker version this replica serves (for rollouts to wait on)."""
+        return self.fusion[0] if self.fusion else None
 
     # -- model status ----------------------------------------------------------------------------
     async def model_statuses(self) -> dict[str, ModelStatus]:
@@ -245,8 +312,34 @@ class Ingress:
 
     # -- recommendations -------------------------------------------------------------------------
     @api.post("/v1/recommend", response_model=RecommendResponse)
-    async def recommend(self, request: RecommendRequest) -> RecommendResponse:
-        strategy, arm = "cascade", "cascade"  # the A/B switch and fusion arrive with the ingress issue
+    async def recommend(self, request: RecommendRequest, x_recserve_strategy: StrategyHeader = None) -> RecommendResponse:
+        """Top-k items for a user, an anonymous session, or a new user from `context`. The A/B arm (cascade or
+        fusion) comes from a salted hash of the user (or session) id; `strategy` or the X-Recserve-Strategy
+        header forces one (arm "override")."""
+        return await self._recommend_cached(request, x_recserve_strategy)
+
+    @api.post("/v1/recommend/batch", response_model=RecommendBatchResponse)
+    async def recommend_batch(
+        self, batch: RecommendBatchRequest, x_recserve_strategy: StrategyHeader = None
+    ) -> RecommendBatchResponse:
+        """Several recommendation requests in one call, answered concurrently, in order."""
+        answers = await asyncio.gather(*(self._recommend_cached(r, x_recserve_strategy) for r in batch.requests))
+        return RecommendBatchResponse(responses=list(answers))
+
+    def _arm(self, request: RecommendRequest, forced: Strategy | None) -> tuple[Strategy, str]:
+        """(strategy, A/B arm) of a request."""
+        forced = request.strategy or forced
+        if forced is not None:
+            return forced, OVERRIDE_ARM
+        unit = request.user_id or (f"session:{request.session_id}" if request.session_id else None)
+        if unit is not None:
+            arm = assign(self.ab, unit)
+        else:  # nothing to keep stable for: a fresh draw at the configured share
+            arm = "fusion" if random.random() < self.ab.fusion_share else "cascade"
+        return arm, arm
+
+    async def _recommend_cached(self, request: RecommendRequest, forced: Strategy | None) -> RecommendResponse:
+        strategy, arm = self._arm(request, forced)
         statuses = await self.model_statuses()
 
         async def compute() -> tuple[RecommendResponse, bool]:
@@ -255,7 +348,8 @@ class Ingress:
         if request.user_id is None or not self.results.enabled:
             response, _ = await compute()
             return response
-        variant = result_variant(request, {name: status.version for name, status in statuses.items()})
+        versions = {name: status.version for name, status in statuses.items()}
+        variant = (result_variant(request, versions), strategy, arm, self.fusion[0] if self.fusion else None)
         # Only complete answers are reused: not one that skipped exclude_seen or lost a stage.
         (response, _), hit = await self.results.get_or_load(request.user_id, variant, compute, keep=lambda r: r[1])
         self.metrics.count_cache("results", arm, hits=int(hit), misses=int(not hit))
@@ -268,7 +362,7 @@ class Ingress:
         self, request: RecommendRequest, statuses: dict[str, ModelStatus], strategy: str, arm: str
     ) -> tuple[RecommendResponse, bool]:
         """The answer, computed, and whether it is complete enough to be cached."""
-        exclusions = await self._exclusions(request, arm)
+        exclusions = await self._exclusions(request, arm, need_history=strategy == "fusion")
         needed = request.offset + request.k
         query = ModelQuery(
             user_id=request.user_id,
@@ -282,7 +376,10 @@ class Ingress:
             filters=request.filters,
         )
         stages = [self._stage(name, statuses.get(name)) for name in self.config.cascade if name in self.models]
-        result = await run_cascade(stages, query, needed)
+        if strategy == "fusion":
+            result, strategy = await self._fusion(stages, query, needed, exclusions.history_length, request)
+        else:
+            result = await run_cascade(stages, query, needed)
         for attempt in result.attempts:
             self.metrics.stage_latency.observe(attempt.latency_ms, tags={"stage": attempt.model, "arm": arm})
             if attempt.outcome != "served":
@@ -296,7 +393,10 @@ class Ingress:
             arm=arm,
             items=items,
             models_tried=result.attempts,
-            model_versions={name: status.version for name, status in statuses.items()},
+            model_versions={
+                **{name: status.version for name, status in statuses.items()},
+                **({"fusion": self.fusion[0]} if self.fusion and strategy == "fusion" else {}),
+            },
             unknown_session_items=exclusions.unknown_session_items,
         )
         complete = (
@@ -304,18 +404,40 @@ class Ingress:
         )
         return response, complete
 
-    async def _exclusions(self, request: RecommendRequest | ProviderItemsRequest, arm: str) -> Exclusions:
+    async def _exclusions(
+        self, request: RecommendRequest | ProviderItemsRequest, arm: str, need_history: bool = False
+    ) -> Exclusions:
         """The request's exclude_ids and, with `filters.exclude_seen`, the user's seen items and the
-        session's own items (an anonymous visitor has seen those too)."""
+        session's own items (an anonymous visitor has seen those too). The user's seen items are read
+        for `exclude_seen`, or when `need_history` (their count is fusion's history length)."""
         exclude = list(request.exclude_ids)
         complete = True
-        if request.filters.exclude_seen and request.user_id:
+        seen: frozenset[str] = frozenset()
+        if request.user_id and (request.filters.exclude_seen or need_history):
             seen, complete = await self._seen_items(request.user_id, arm)
+        if request.filters.exclude_seen:
             exclude += seen
         session_items, unknown_session_items = await self._known_session_items(request.session_items, arm)
         if request.filters.exclude_seen:
             exclude += session_items
-        return Exclusions(exclude, session_items, unknown_session_items, complete)
+        return Exclusions(exclude, session_items, unknown_session_items, complete, len(seen))
+
+    async def _fusion(
+        self, stages: list[Stage], query: ModelQuery, needed: int, history_length: int, request: RecommendRequest
+    ) -> tuple[CascadeResult, Strategy]:
+        """Fusion's answer and the strategy that gave it: the cascade's while no fusion ranker is loaded."""
+        if self.fusion is None:
+            result = await run_cascade(stages, query, needed)
+            skipped = StageAttempt(model="fusion", outcome="not_loaded", latency_ms=0.0)
+            return CascadeResult(result.candidates, [skipped, *result.attempts]), "cascade"
+        _, ranker, per_source = self.fusion
+        context = FusionContext(
+            history_length=history_length + len(query.session_items),
+            device=request.context.device,
+            time=request.context.time or datetime.now(UTC),
+        )
+        source_query = query.model_copy(update={"k": max(needed, per_source)})
+        return await run_fusion(stages, source_query, needed, ranker, context), "fusion"
 
     async def _enriched(self, page: list[Candidate], arm: str) -> tuple[list[RecommendedItem], bool]:
         """The page's items with their catalogue fields, and whether the catalogue knew all of them."""
@@ -630,14 +752,52 @@ class Ingress:
             return _not_found(f"unknown {kind[:-1]} {id!r} in {model} {version}", "id")
         return EmbeddingResponse(model=model, kind=kind, id=id, version=version, vector=vector.tolist())
 
+    # -- admin -------------------------------------------------------------------------------------
+    @api.post("/v1/train/{model}", response_model=TrainingJob, status_code=202, responses=_ADMIN_ERRORS)
+    async def train(self, model: AdminModel, request: TrainRequest, authorization: AuthorizationHeader = None) -> TrainingJob:
+        """Start `recserve train <model>` as a Ray task, outside the request path; with `load`, its new version
+        is rolled out when it succeeds. Poll GET /v1/train/jobs/{job_id}. Needs the admin token."""
+        check_token(self.admin_token, authorization)
+        return self.training_jobs.start(model, request.settings, request.load)
+
+    @api.get("/v1/train/jobs/{job_id}", response_model=TrainingJob, responses={**_ADMIN_ERRORS, 404: {"model": ErrorResponse}})
+    async def training_job(self, job_id: Annotated[str, Path(max_length=64)], authorization: AuthorizationHeader = None):
+        """A training job this ingress replica started. Needs the admin token."""
+        check_token(self.admin_token, authorization)
+        job = self.training_jobs.jobs.get(job_id)
+        return job if job is not None else _not_found(f"no training job {job_id!r} on this replica", "job_id")
+
+    @api.post(
+        "/v1/models/{model}/load",
+        response_model=LoadResponse,
+        status_code=202,
+        responses={**_ADMIN_ERRORS, 404: {"model": ErrorResponse}},
+    )
+    async def load_model(self, model: AdminModel, request: LoadRequest, authorization: AuthorizationHeader = None):
+        """Roll out an artifact version of a model (or of the fusion ranker) to its serving replicas, as
+        `serve deploy` with a new user_config would: a hot swap, no restart. Needs the admin token."""
+        check_token(self.admin_token, authorization)
+        try:
+            version = self.artifacts.resolve(model, request.version).name
+        except ArtifactNotFound as missing:
+            return _not_found(str(missing), "version")
+        deployment, key = ARTIFACT_DEPLOYMENTS[model]
+        # Not blocking: the ingress may itself be the deployment being reconfigured.
+        await asyncio.to_thread(deploy_user_config, deployment, {key: request.version}, False)
+        return LoadResponse(model=model, version=version, deployment=deployment)
+
     # -- service ---------------------------------------------------------------------------------
     @api.get("/v1/status", response_model=StatusResponse)
     async def status(self) -> StatusResponse:
         self._statuses_at = 0.0  # status is the place to see a fresh view
+        fusion = None
+        if self.fusion is not None:
+            fusion = FusionStatus(version=self.fusion[0], sources=self.fusion[1].sources, candidates_per_source=self.fusion[2])
         return StatusResponse(
             namespace=self.config.namespace,
             models=await self.model_statuses(),
-            strategy="cascade",
+            ab=ABSettings(fusion_share=self.ab.fusion_share, salt=self.ab.salt),
+            fusion=fusion,
             cascade=self.config.cascade,
         )
 

@@ -36,6 +36,9 @@ class IngressMetrics:
         self.cache_misses = Counter(
             "recserve_cache_misses", description="Cache misses by cache and A/B arm.", tag_keys=("cache", "arm")
         )
+        self.fusion_share = Gauge(
+            "recserve_ab_fusion_share", description="The configured share of users in the fusion arm."
+        )
         self.catalog_items = Gauge(
             "recserve_catalog_snapshot_items", description="Items in the ingress's in-memory catalogue snapshot."
         )

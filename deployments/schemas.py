@@ -22,10 +22,12 @@ from pydantic import (
 )
 
 from deployments.contract import Filters, ModelStatus, StageAttempt
+from fusion.assignment import ABSettings
 from models.sessions import SessionState
 from stores.frames import EventType
 
 MAX_K = 100
+MAX_BATCH_REQUESTS = 32
 MAX_BATCH_EVENTS = 500
 # Clients' clocks drift; an event much later than the server's now is a bug, not a future event.
 MAX_CLOCK_SKEW = timedelta(minutes=5)
@@ -103,8 +105,11 @@ class RecommendRequest(Strict):
 class RecommendedItem(BaseModel):
     item_id: str
     score: float
-    source: str = Field(description="the model that produced this item")
+    source: str = Field(description="the model that produced this item (fusion: the largest contribution)")
     reason: str
+    contributions: dict[str, float] | None = Field(
+        default=None, description="fusion only: each answering source's part of `score`; they add up to it"
+    )
     title: str | None = None
     provider: str | None = None
     category: str | None = None
@@ -274,11 +279,43 @@ class InteractionsResponse(BaseModel):
 SessionResponse = SessionState
 
 
+class FusionStatus(BaseModel):
+    version: str
+    sources: list[str]
+    candidates_per_source: int
+
+
 class StatusResponse(BaseModel):
     namespace: str
     models: dict[str, ModelStatus]
-    strategy: Strategy
+    ab: ABSettings = Field(description="the A/B split between the cascade and fusion")
+    fusion: FusionStatus | None = Field(description="the fusion ranker served; null: the fusion arm serves the cascade")
     cascade: list[str]
+
+
+class RecommendBatchRequest(Strict):
+    requests: list[RecommendRequest] = Field(min_length=1, max_length=MAX_BATCH_REQUESTS)
+
+
+class RecommendBatchResponse(BaseModel):
+    responses: list[RecommendResponse]
+
+
+class LoadRequest(Strict):
+    version: Id = Field(default="current", description="an artifact version, or 'current'")
+
+
+class LoadResponse(BaseModel):
+    model: str
+    version: str = Field(description="the version being rolled out ('current' resolved)")
+    deployment: str
+
+
+class TrainRequest(Strict):
+    settings: dict[Annotated[str, StringConstraints(min_length=1, max_length=64)], StrictStr | StrictInt | StrictFloat | bool] = Field(
+        default_factory=dict, max_length=32, description="training settings, as `recserve train --set KEY=VALUE`"
+    )
+    load: bool = Field(default=True, description="roll the new version out when training succeeds")
 
 
 class ErrorResponse(BaseModel):

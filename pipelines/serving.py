@@ -74,57 +74,44 @@ def start(settings: Settings, config_path: Path = DEFAULT_CONFIG, http_port: int
 
 def rollout(model: str, version: str, settings: Settings, address: str = "auto", timeout_s: float = 120) -> str:
     """Serve `version` of `model` on the running cluster: what `serve deploy` does after an edit of that
-    deployment's `user_config.version`. Only the user_config changes, so Serve reconfigures the live
-    replicas (a hot swap) instead of replacing them. Returns the version the replicas now report."""
+    deployment's user_config (deployments/rollouts.py). Returns the version the replicas now report."""
     import ray
     from ray.serve._private.constants import SERVE_NAMESPACE
-    from ray.serve.context import _get_global_client
-    from ray.serve.schema import DeploymentSchema, ServeDeploySchema, ServeInstanceDetails
 
-    from deployments.app import MODEL_DEPLOYMENTS
+    from deployments.rollouts import ARTIFACT_DEPLOYMENTS, deploy_user_config
     from stores.artifacts import ArtifactStore
 
-    if model not in MODEL_DEPLOYMENTS:
-        raise ValueError(f"unknown model {model!r}; known: {sorted(MODEL_DEPLOYMENTS)}")
+    if model not in ARTIFACT_DEPLOYMENTS:
+        raise ValueError(f"unknown model {model!r}; known: {sorted(ARTIFACT_DEPLOYMENTS)}")
     # Fails before deploying when the version does not exist; "current" resolves to its version name.
     expected = ArtifactStore(settings.artifacts_dir, settings.namespace).resolve(model, version).name
-    deployment = MODEL_DEPLOYMENTS[model].name
+    deployment, key = ARTIFACT_DEPLOYMENTS[model]
     ray.init(address=address, namespace=SERVE_NAMESPACE, configure_logging=False)
     try:
-        client = _get_global_client()
-        details = ServeInstanceDetails(**client.get_serve_details())
-        applications = []
-        for name, application in details.applications.items():
-            app_config = application.deployed_app_config
-            if app_config is None:
-                raise RuntimeError(f"application {name!r} was not deployed from a config; cannot roll out")
-            if deployment in application.deployments:
-                entries = {d.name: d for d in app_config.deployments}
-                entries.setdefault(deployment, DeploymentSchema(name=deployment)).user_config = {"version": version}
-                app_config.deployments = list(entries.values())
-            applications.append(app_config)
-        config = ServeDeploySchema(
-            proxy_location=details.proxy_location, http_options=details.http_options, applications=applications
-        )
-        client.deploy_apps(config, _blocking=True)
-        return _wait_for_version(client, deployment, expected, timeout_s)
+        deploy_user_config(deployment, {key: version})
+        return _wait_for_version(deployment, expected, timeout_s)
     finally:
         ray.shutdown()
 
 
-def _wait_for_version(client, deployment: str, version: str, timeout_s: float) -> str:
+def _wait_for_version(deployment: str, version: str, timeout_s: float) -> str:
     """Until Serve calls the deployment healthy again and a replica reports serving `version`."""
     from ray import serve
+    from ray.serve.context import _get_global_client
     from ray.serve.schema import ServeInstanceDetails
 
+    client = _get_global_client()
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
         details = ServeInstanceDetails(**client.get_serve_details())
         for app_name, application in details.applications.items():
             state = application.deployments.get(deployment)
             if state is not None and state.status == "HEALTHY":
-                status = serve.get_deployment_handle(deployment, app_name).status.remote().result(timeout_s=10)
-                if status.version == version:
+                handle = serve.get_deployment_handle(deployment, app_name)
+                # The ingress serves the fusion ranker; a model deployment its own artifact.
+                call = handle.fusion_version if deployment == "Ingress" else handle.status
+                served = call.remote().result(timeout_s=10)
+                if (served if deployment == "Ingress" else served.version) == version:
                     return version
         time.sleep(0.5)
     raise TimeoutError(f"{deployment} did not report version {version} within {timeout_s:.0f} s")

@@ -10,7 +10,7 @@ import re
 from functools import lru_cache
 from pathlib import Path
 
-from pydantic import AliasChoices, Field, field_validator
+from pydantic import AliasChoices, Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
@@ -44,6 +44,10 @@ class Settings(BaseSettings):
     data_dir: Path = Field(default=REPO_ROOT.parent / "shared" / "data", description="Public datasets.")
     max_body_bytes: int = Field(default=256 * 1024, ge=1024, description="HTTP bodies above this get 413.")
     metrics_port: int = Field(default=9464, description="Ray's Prometheus export port (recserve serve).")
+    admin_token: SecretStr | None = Field(
+        default=None,
+        description="Bearer token of the admin endpoints (train, load). Unset: those endpoints answer 403.",
+    )
     db_pool_max: int = Field(default=8, ge=1, le=64, description="Connections per process pool.")
 
     @field_validator("namespace")
