@@ -31,6 +31,13 @@ import torch
 from torch import Tensor, nn
 
 DEVICES = ("desktop", "mobile", "tablet", "tv")  # anything else is "other"; none is all zeros
+# Platforms name devices differently (the demo: ios, android, web, console, smart_tv); these names count as
+# the class they belong to, so the same device class shares one context feature whatever the data calls it.
+DEVICE_ALIASES = {
+    "ios": "mobile", "android": "mobile", "phone": "mobile", "smartphone": "mobile",
+    "web": "desktop", "pc": "desktop", "mac": "desktop", "windows": "desktop", "linux": "desktop",
+    "ipad": "tablet", "smart_tv": "tv", "smarttv": "tv",
+}
 # log1p(history) / log1p(HISTORY_SCALE): about 1 for a user with HISTORY_SCALE events.
 HISTORY_SCALE = 1000
 CONTEXT_FEATURES = (
@@ -69,6 +76,7 @@ class FusionContext:
         device = [0.0] * (len(DEVICES) + 1)
         if self.device is not None:
             name = self.device.lower()
+            name = DEVICE_ALIASES.get(name, name)
             device[DEVICES.index(name) if name in DEVICES else len(DEVICES)] = 1.0
         if self.time is not None:
             hour = self.time.hour + self.time.minute / 60

@@ -61,6 +61,7 @@ class FusionTrainingResult:
     train_seconds: float
     history: list[dict[str, float]] = field(default_factory=list)
     examples: int = 0
+    held_out: list[int] = field(default_factory=list)  # positions in `examples` of the users held out to choose the epoch
 
 
 def collate(examples: Sequence[FusionExample]) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
@@ -135,5 +136,6 @@ def train_fusion(
             break
     model.load_state_dict(best[2])
     return FusionTrainingResult(
-        model.eval(), best[1], epoch, time.perf_counter() - started, history, examples=len(examples)
+        model.eval(), best[1], epoch, time.perf_counter() - started, history, examples=len(examples),
+        held_out=sorted(order[:held]),
     )

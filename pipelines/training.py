@@ -19,6 +19,7 @@ from models.item_index import ItemIndex
 from models.popularity import PopularityModel
 from pipelines.content import train_content_artifact
 from pipelines.embedding_sync import sync_artifact_embeddings
+from pipelines.fusion import train_fusion_artifact
 from pipelines.hgt import train_hgt_artifact
 from pipelines.lightgcn import train_lightgcn_artifact
 from pipelines.tgn import train_tgn_artifact
@@ -67,8 +68,10 @@ MODELS: dict[str, Trainer] = {
     "tgn": train_tgn_artifact,
     "hgt": train_hgt_artifact,
     "content": train_content_artifact,
+    "fusion": train_fusion_artifact,
 }
-DEMO_MODELS = ["popularity", "lightgcn", "tgn", "hgt", "content"]
+# Fusion last: it is stacked on the others' candidate lists (it fits its own copies of them).
+DEMO_MODELS = ["popularity", "lightgcn", "tgn", "hgt", "content", "fusion"]
 # Demo training stays within a few minutes on a 2-core CPU.
 DEMO_OVERRIDES: dict[str, dict[str, Any]] = {
     "lightgcn": {"time_budget_s": 60.0, "max_epochs": 40},
