@@ -287,6 +287,9 @@ class Ingress:
         log.info("A/B: fusion_share %.3f (salt %r); fusion ranker %s", config.fusion_share, config.salt,
                  self.fusion[0] if self.fusion else "not loaded")
 
+    async def ab_settings(self) -> ABSettings:
+        return ABSettings(fusion_share=self.ab.fusion_share, salt=self.ab.salt)
+
     async def fusion_version(self) -> str | None:
         """The fusion ranker version this replica serves (for rollouts to wait on)."""
         return self.fusion[0] if self.fusion else None
@@ -298,6 +301,8 @@ class Ingress:
                 if time.monotonic() - self._statuses_at > self.config.status_refresh_s:
                     self._statuses = await self._fetch_statuses()
                     self._statuses_at = time.monotonic()
+                    # Re-reported with each refresh: Ray stops exporting a gauge that is not set for a while.
+                    self.metrics.fusion_share.set(self.ab.fusion_share)
         return self._statuses
 
     async def _fetch_statuses(self) -> dict[str, ModelStatus]:
@@ -796,9 +801,10 @@ class Ingress:
         return StatusResponse(
             namespace=self.config.namespace,
             models=await self.model_statuses(),
-            ab=ABSettings(fusion_share=self.ab.fusion_share, salt=self.ab.salt),
+            ab=await self.ab_settings(),
             fusion=fusion,
             cascade=self.config.cascade,
+            ingress_replica=serve.get_replica_context().replica_id.unique_id,
         )
 
     @api.get("/healthz")

@@ -291,6 +291,7 @@ class StatusResponse(BaseModel):
     ab: ABSettings = Field(description="the A/B split between the cascade and fusion")
     fusion: FusionStatus | None = Field(description="the fusion ranker served; null: the fusion arm serves the cascade")
     cascade: list[str]
+    ingress_replica: str = Field(description="the ingress replica that answered (it changes only on a restart)")
 
 
 class RecommendBatchRequest(Strict):

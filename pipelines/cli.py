@@ -93,6 +93,14 @@ def cmd_rollout(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_ab(args: argparse.Namespace) -> int:
+    from pipelines.serving import set_ab
+
+    settings = set_ab(args.fusion_share, args.salt, address=args.address)
+    print(f"A/B: fusion_share {settings.fusion_share} (salt {settings.salt!r})")
+    return 0
+
+
 def cmd_demo(args: argparse.Namespace) -> int:
     from pipelines.demo import run_demo
 
@@ -160,6 +168,12 @@ def build_parser() -> argparse.ArgumentParser:
     roll.add_argument("version", help="an artifact version (see artifacts/<namespace>/<model>/) or 'current'")
     roll.add_argument("--address", default="auto", help="Ray cluster address (default: the local one)")
     roll.set_defaults(func=cmd_rollout)
+
+    ab = sub.add_parser("ab", help="change the A/B split between cascade and fusion on the running app (no restart)")
+    ab.add_argument("--fusion-share", type=float, required=True, help="share of users in the fusion arm, 0..1")
+    ab.add_argument("--salt", help="a new salt draws a new assignment (default: keep the current one)")
+    ab.add_argument("--address", default="auto", help="Ray cluster address (default: the local one)")
+    ab.set_defaults(func=cmd_ab)
 
     demo = with_namespace(sub.add_parser("demo", help="generate data, train, serve and show example requests"))
     demo.add_argument("--fresh", action="store_true", help="regenerate the data and retrain")

@@ -94,6 +94,33 @@ def rollout(model: str, version: str, settings: Settings, address: str = "auto",
         ray.shutdown()
 
 
+def set_ab(fusion_share: float, salt: str | None = None, address: str = "auto", timeout_s: float = 60):
+    """Change the ingress's A/B split on the running cluster through its user_config, as `serve deploy`
+    would: Serve reconfigures the ingress replicas in place. Returns the settings they now report."""
+    import ray
+    from ray import serve
+    from ray.serve._private.constants import SERVE_NAMESPACE
+
+    from deployments.rollouts import deploy_user_config
+    from fusion.assignment import ABSettings
+
+    update = {"fusion_share": fusion_share, **({"salt": salt} if salt else {})}
+    ABSettings.model_validate(update)  # a bad share fails here, not in the replicas
+    ray.init(address=address, namespace=SERVE_NAMESPACE, configure_logging=False)
+    try:
+        deploy_user_config("Ingress", update)
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            for app_name in serve.status().applications:
+                reported = serve.get_deployment_handle("Ingress", app_name).ab_settings.remote().result(timeout_s=10)
+                if reported.fusion_share == fusion_share and (salt is None or reported.salt == salt):
+                    return reported
+            time.sleep(0.5)
+        raise TimeoutError(f"the ingress did not report fusion_share {fusion_share} within {timeout_s:.0f} s")
+    finally:
+        ray.shutdown()
+
+
 def _wait_for_version(deployment: str, version: str, timeout_s: float) -> str:
     """Until Serve calls the deployment healthy again and a replica reports serving `version`."""
     from ray import serve

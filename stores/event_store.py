@@ -297,6 +297,15 @@ class EventStore:
             )
             return [r[0] for r in cur.fetchall()]
 
+    def most_active_users(self, limit: int = 1000) -> list[str]:
+        """Users with the most events first (load tests draw their returning users from these)."""
+        with self.db.cursor() as cur:
+            cur.execute(
+                "SELECT user_id FROM events WHERE user_id IS NOT NULL GROUP BY user_id ORDER BY count(*) DESC, user_id LIMIT %s",
+                (limit,),
+            )
+            return [r[0] for r in cur.fetchall()]
+
     def items_by_id(self, item_ids: Iterable[str]) -> dict[str, dict]:
         ids = list(item_ids)
         with self.db.cursor() as cur:
