@@ -1,11 +1,14 @@
-"""A no-op Serve app with the recserve topology (FastAPI ingress -> one model deployment).
+"""A no-op Serve app with the recserve topology (FastAPI ingress -> five model deployments).
 
 It parses the same request schemas and answers at once (k fixed items; an interaction acknowledged
-without storing it), so it measures the floor that Ray Serve, HTTP and one handle call cost on this
-machine, to compare the real app against.
+without storing it), so it measures the floor that Ray Serve, HTTP and the handle calls cost on this
+machine, to compare the real app against. `?calls=N&parallel=true|false` picks the topology of a
+recommendation: N model calls one after another (a cascade that ran N stages) or all at once (fusion).
 """
 
-from fastapi import FastAPI
+import asyncio
+
+from fastapi import FastAPI, Query
 from ray import serve
 from ray.serve.handle import DeploymentHandle
 
@@ -28,18 +31,24 @@ class NoopModel:
 @serve.deployment(ray_actor_options={"num_cpus": 0})
 @serve.ingress(noop_api)
 class NoopIngress:
-    def __init__(self, model: DeploymentHandle):
-        self.model = model
+    def __init__(self, *models: DeploymentHandle):
+        self.models = models
 
     @noop_api.post("/v1/recommend")
-    async def recommend(self, request: RecommendRequest) -> dict:
-        items = await self.model.recommend.remote(ModelQuery(k=request.k, user_id=request.user_id))
-        return {"items": [c.model_dump() for c in items]}
+    async def recommend(
+        self, request: RecommendRequest, calls: int = Query(default=1, ge=1, le=5), parallel: bool = False
+    ) -> dict:
+        query = ModelQuery(k=request.k, user_id=request.user_id)
+        if parallel:
+            answers = await asyncio.gather(*(m.recommend.remote(query) for m in self.models[:calls]))
+        else:
+            answers = [await m.recommend.remote(query) for m in self.models[:calls]]
+        return {"items": [c.model_dump() for c in answers[-1]]}
 
     @noop_api.post("/v1/interactions", status_code=201)
     async def interactions(self, body: InteractionsBody) -> dict:
         events = body.events if isinstance(body, InteractionBatch) else [body]
-        return {"memory_updated": await self.model.observe.remote(list(range(len(events))))}
+        return {"memory_updated": await self.models[0].observe.remote(list(range(len(events))))}
 
 
-noop_app = NoopIngress.bind(NoopModel.bind())
+noop_app = NoopIngress.bind(*(NoopModel.options(name=f"NoopModel{n}").bind() for n in range(5)))

@@ -1,10 +1,11 @@
-"""/v1/recommend latency over HTTP: the real app (ingress -> the cascade of serve_config.yaml: LightGCN, then popularity) next to a no-op app of the
-same topology, deployed on the same Serve instance and measured in the same run, interleaved.
+"""/v1/recommend latency over HTTP, per strategy (the cascade of serve_config.yaml, and fusion), next to a
+no-op app of the same topology (the same number of model calls, one after another for the cascade, at
+once for fusion), deployed on the same Serve instance and measured in the same run, interleaved.
 
-    .venv/bin/python -m benchmarks.serving_latency [--namespace demo] [--requests 400]
+    .venv/bin/python -m benchmarks.serving_latency [--namespace demo] [--requests 400] [--strategies cascade fusion]
 
-Needs a loaded namespace with a trained popularity artifact (`make demo` makes one). Sequential:
-one request after another. Concurrent: 8 client threads. The ratio real/no-op is the figure.
+Needs a namespace with trained models (`make demo` trains them all, fusion included). Sequential: one
+request after another. Concurrent: 8 client threads. The ratio real/no-op is the figure.
 
 The ingress caches per user (seen items, whole answers), so each row is measured twice:
 - cold: every request is for a user not asked before (result and seen-items caches miss; the
@@ -78,21 +79,36 @@ def print_ratio_rows(lead: str, samples: dict[str, list[float]], flags: dict[str
               f"{p50 / floor50:.2f}x | {p99 / floor99:.2f}x | {share} |", flush=True)
 
 
+def topology(base: str, bodies: list[dict]) -> tuple[int, bool]:
+    """(model calls, in parallel?) that the real app made for these requests: the no-op app repeats it.
+    The cascade calls its loaded stages one after another until one fills k (the most common count is
+    taken); fusion calls every loaded source at once."""
+    counts, parallel = [], False
+    for body in bodies:
+        answer = requests.post(f"{base}/v1/recommend", json=body, timeout=30).json()
+        called = [a for a in answer["models_tried"] if a["outcome"] not in ("not_loaded", "unhealthy") and a["model"] != "fusion"]
+        counts.append(max(1, len(called)))
+        parallel = answer["strategy"] == "fusion"
+    return statistics.mode(counts), parallel
+
+
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--namespace", default=None)
     parser.add_argument("--requests", type=int, default=400)
     parser.add_argument("--port", type=int, default=8011)
+    parser.add_argument("--strategies", nargs="+", choices=["cascade", "fusion"], default=["cascade", "fusion"])
+    parser.add_argument("--phases", nargs="+", choices=["cold", "warm"], default=["cold", "warm"])
     args = parser.parse_args()
     settings = get_settings()
     if args.namespace:
         settings = settings.model_copy(update={"namespace": args.namespace})
-    warmup, rows = 50, (1, 8)
-    wanted = warmup + args.requests * len(rows)
+    warmup, rows = 30, (1, 8)
+    wanted = len(args.strategies) * (warmup + args.requests * len(rows))
     users = EventStore(Database.from_settings(settings)).events_frame()["user_id"].dropna().unique()
     if len(users) < wanted:
         raise SystemExit(f"need {wanted} distinct users (each cold request is a new one); {settings.namespace} has {len(users)}")
-    bodies = [{"user_id": str(u), "k": 10} for u in users[:wanted]]
+    users = iter(users[:wanted])
 
     from ray import serve
 
@@ -102,18 +118,26 @@ def main() -> None:
         serving.start(settings, http_port=args.port)  # inside: a start that times out still stops Ray
         serve.run(noop_app, name="noop", route_prefix="/noop")
         base = f"http://127.0.0.1:{args.port}"
-        urls = {"recserve": f"{base}/v1/recommend", "no-op floor": f"{base}/noop/v1/recommend"}
-        timed_run(urls, bodies[:warmup], 1)  # warm-up: connections, replicas (users not measured after)
-        print(f"/v1/recommend, ingress -> cascade (first loaded model serves) vs. no-op ingress -> 1 deployment; namespace {settings.namespace}; "
-              f"{args.requests} requests per app per row, interleaved, k=10, one distinct user per cold request; "
-              "warm = the same requests repeated\n")
-        print("| clients | caches | app | p50 ms | p99 ms | mean ms | p50 ratio | p99 ratio | hits |")
-        print("|---:|---|---|---:|---:|---:|---:|---:|---:|")
-        for row, clients in enumerate(rows):
-            fresh = bodies[warmup + row * args.requests : warmup + (row + 1) * args.requests]
-            for phase in ("cold", "warm"):
-                samples, cached = timed_run(urls, fresh, clients, prime="recserve" if phase == "warm" else None)
-                print_ratio_rows(f"{clients} | {phase}", samples, cached)
+        print(f"/v1/recommend per strategy (forced with `strategy`) vs. a no-op ingress making the same model calls; "
+              f"namespace {settings.namespace}; {args.requests} requests per app per row, interleaved, k=10, "
+              "one distinct user per cold request; warm = the same requests repeated\n")
+        print("| strategy | clients | caches | app | p50 ms | p99 ms | mean ms | p50 ratio | p99 ratio | hits |")
+        print("|---|---:|---|---|---:|---:|---:|---:|---:|---:|")
+        for strategy in args.strategies:
+            def bodies(n: int) -> list[dict]:
+                return [{"user_id": str(next(users)), "k": 10, "strategy": strategy} for _ in range(n)]
+
+            warm_up = bodies(warmup)
+            calls, parallel = topology(base, warm_up)
+            urls = {"recserve": f"{base}/v1/recommend",
+                    "no-op floor": f"{base}/noop/v1/recommend?calls={calls}&parallel={str(parallel).lower()}"}
+            timed_run(urls, warm_up, 1)  # connections and replicas warm (these users are not measured after)
+            shape = f"{calls} {'parallel' if parallel else 'sequential'} calls"
+            for clients in rows:
+                fresh = bodies(args.requests)
+                for phase in args.phases:
+                    samples, cached = timed_run(urls, fresh, clients, prime="recserve" if phase == "warm" else None)
+                    print_ratio_rows(f"{strategy} ({shape}) | {clients} | {phase}", samples, cached)
     finally:
         serving.stop()
 

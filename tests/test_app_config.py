@@ -5,6 +5,7 @@ import yaml
 
 from deployments.app import MODEL_DEPLOYMENTS, AppArgs, ModelPlacement, actor_options, build_app
 from pipelines.serving import DEFAULT_CONFIG, load_serve_config
+from stores.settings import REPO_ROOT
 
 
 def test_serve_config_is_a_valid_deploy_config():
@@ -54,3 +55,16 @@ def test_one_replica_of_everything_fits_two_cores():
     total += sum(p.num_cpus for p in models.values() if p.enabled)
     assert total <= 2.0, f"{total} CPUs asked for"
     assert raw["args"]["ingress"]["cascade"] == ["tgn", "hgt", "lightgcn", "content", "popularity"]
+
+
+def test_the_grafana_dashboard_only_charts_metrics_that_exist():
+    """Every `ray_recserve_*` series the dashboard queries is one the ingress or the models define."""
+    import json
+    import re
+
+    dashboard = json.loads((REPO_ROOT / "deployments" / "grafana" / "recserve_dashboard.json").read_text())
+    exprs = [target["expr"] for panel in dashboard["panels"] for target in panel["targets"]]
+    queried = {re.sub(r"_(total|bucket|sum|count)$", "", m) for e in exprs for m in re.findall(r"ray_recserve_\w+", e)}
+    defined = set(re.findall(r'"(recserve_\w+)"', (REPO_ROOT / "deployments" / "metrics.py").read_text()))
+    assert queried and queried <= {f"ray_{name}" for name in defined}
+    assert {f"ray_{name}" for name in defined} - queried == set(), "a metric the dashboard does not show"
