@@ -29,6 +29,11 @@ bench: $(STAMP)
 	$(PY) -m benchmarks.evaluation_speed
 	$(PY) -m benchmarks.serving_latency
 
+# Locust against the budgets in loadtests/budgets.yaml; PROFILE=smoke|soak|stress, exits 1 on a broken budget.
+PROFILE ?= smoke
+loadtest: $(STAMP)
+	$(PY) -m loadtests.run --profile $(PROFILE) $(LOADTEST_ARGS)
+
 clean-state: $(STAMP)
 	$(VENV)/bin/recserve db stop
 	rm -rf .state artifacts reports

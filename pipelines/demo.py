@@ -66,6 +66,9 @@ def show_examples(base: str, store: EventStore) -> None:
                                       "idempotency_key": f"demo-{int(time.time())}"}),
         ("GET", f"/v1/sessions/{user}", None),
         ("POST", "/v1/recommend", {"user_id": user, "k": 5}),
+        # The same user through the attention-fusion ranker: each item reports every source's contribution.
+        ("POST", "/v1/recommend", {"user_id": user, "k": 3, "strategy": "fusion"}),
+        ("POST", "/v1/recommend/batch", {"requests": [{"user_id": user, "k": 2}, {"k": 2, "context": {"device": "mobile"}}]}),
         ("POST", "/v1/recommend", {"session_items": [*items[1:], "not-in-catalogue"], "k": 3}),
         ("POST", "/v1/recommend", {"k": 0}),
         ("GET", "/v1/status", None),

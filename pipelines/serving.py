@@ -60,7 +60,8 @@ def start(settings: Settings, config_path: Path = DEFAULT_CONFIG, http_port: int
     # stop() can run, orphaning Ray's agents; ours turns SIGTERM into a clean shutdown instead.
     signal.signal(signal.SIGTERM, handler)
     client = serve_api.serve_start(http_options=config.http_options.model_dump(), proxy_location=config.proxy_location)
-    client.deploy_apps(config, _blocking=True)
+    # Not Serve's own blocking wait: it gives up after 60 s, which a busy 2-core machine can exceed.
+    client.deploy_apps(config, _blocking=False)
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
         statuses = {name: app.status for name, app in serve.status().applications.items()}
