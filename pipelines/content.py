@@ -57,7 +57,7 @@ class ContentOptions(BaseModel):
     device: str = "cpu"
 
 
-def _previous_cache(artifacts: ArtifactStore, encoder: TextEncoder) -> tuple[dict[str, np.ndarray], str | None]:
+def previous_cache(artifacts: ArtifactStore, encoder: TextEncoder) -> tuple[dict[str, np.ndarray], str | None]:
     """(text hash -> item vector, version) from the current content artifact; empty when there is none
     or it was made with another encoder."""
     try:
@@ -90,7 +90,7 @@ def train_content_artifact(
 
     item_ids = item_id_order(data.items, data.events)
     texts = catalogue_texts(data.items, item_ids)
-    cache, previous = _previous_cache(artifacts, encoder) if options.reuse_previous else ({}, None)
+    cache, previous = previous_cache(artifacts, encoder) if options.reuse_previous else ({}, None)
     started = time.perf_counter()
     vectors, reused = encoder.encode_cached(texts, cache, batch_size=options.batch_size, progress=options.progress)
     encode_seconds = time.perf_counter() - started

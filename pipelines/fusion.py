@@ -54,7 +54,7 @@ from torch import Tensor
 from fusion.ranker import AttentionFusion, FusionContext, Ranked, evidence
 from fusion.training import FusionExample, FusionTrainingConfig, FusionTrainingResult, train_fusion
 from graph_builders.bipartite import BipartiteGraph, csr_from_indices, item_id_order
-from graph_builders.edge_weights import EdgeWeights, aggregate_interactions, epoch_seconds, interaction_key
+from graph_builders.edge_weights import EdgeWeights, aggregate_interactions, interaction_key
 from graph_builders.heterogeneous import build_hetero_graph
 from graph_builders.splits import evaluation_targets
 from models.content import ItemTextVectors, TextEncoder, catalogue_texts, user_vectors
@@ -65,6 +65,7 @@ from models.item_index import ItemIndex
 from models.lightgcn_training import LightGCNConfig
 from models.popularity import PopularityModel
 from models.tgn_training import TGNConfig, train_tgn
+from pipelines.content import ContentOptions, previous_cache
 from pipelines.hgt import HGTOptions, fit_selected, serving_index
 from pipelines.lightgcn import fit_on, holdout_edges
 from pipelines.protocol import EVAL_KS, RankingProtocol, TrainingData, baseline_metrics, data_window
@@ -78,7 +79,7 @@ SOURCES: tuple[Source, ...] = ("tgn", "hgt", "lightgcn", "content", "popularity"
 SESSION_SOURCE = "tgn"
 WEIGHTS = EdgeWeights()  # every source's, as in their own pipelines
 MIN_WEIGHT = 1.0  # a relevant item: evaluation_targets' threshold (one click; not an impression or a low rating)
-NESTED = ("lightgcn", "hgt", "tgn", "training")
+NESTED = ("lightgcn", "hgt", "tgn", "content", "training")
 Scorer = Callable[[Sequence["Request"]], Tensor]  # [B, items of the fit graph]; an all -inf row: no answer
 
 
@@ -98,7 +99,7 @@ class FusionOptions(BaseModel):
     # HGT's default batch of 256 edges costs about a minute an epoch on MovieLens-100K; fusion fits it twice.
     hgt: HGTConfig = Field(default_factory=lambda: HGTConfig(batch_size=1024, max_epochs=6, time_budget_s=180.0))
     tgn: TGNConfig = Field(default_factory=lambda: TGNConfig(max_epochs=3, time_budget_s=120.0))
-    content_batch_size: int = Field(default=32, ge=1, description="texts per MiniLM forward pass")
+    content: ContentOptions = Field(default_factory=lambda: ContentOptions(progress=False))
     training: FusionTrainingConfig = Field(default_factory=FusionTrainingConfig)
     device: str = Field(default="cpu", description="torch device of the sources' training")
 
@@ -115,7 +116,7 @@ class FusionOptions(BaseModel):
 
     @model_validator(mode="after")
     def _one_device(self) -> FusionOptions:
-        for name in ("lightgcn", "hgt", "tgn"):
+        for name in ("lightgcn", "hgt", "tgn", "content"):
             setattr(self, name, getattr(self, name).model_copy(update={"device": self.device}))
         return self
 
@@ -248,7 +249,7 @@ def tgn_scorer(period: FitPeriod, data: TrainingData, options: FusionOptions) ->
         asked = (node >= 0).nonzero().view(-1)
         asked = asked[model.has_interactions(node[asked])]
         if asked.numel():
-            at = torch.from_numpy(epoch_seconds(pd.Series([batch[i].at for i in asked.tolist()]))).long()
+            at = torch.tensor([int(batch[i].at.timestamp()) for i in asked.tolist()], dtype=torch.long)
             queries = model.user_vectors(node[asked], at)
             out[asked.unsqueeze(1), columns.unsqueeze(0)] = queries @ item_vectors.T
         return out
@@ -264,19 +265,26 @@ class TextVectors:
     vectors: Tensor
 
     @classmethod
-    def encode(cls, data: TrainingData, options: FusionOptions) -> TextVectors:
-        encoder = TextEncoder(device=options.device)
+    def encode(cls, data: TrainingData, encoder: TextEncoder, options: ContentOptions,
+               cache: Mapping[str, Any] | None = None) -> TextVectors:
+        """`cache`: text hash -> vector of this encoder (the content artifact's): those texts are not encoded again."""
         item_ids = item_id_order(data.items, data.events)
         texts = catalogue_texts(data.items, item_ids)
-        raw = encoder.encode(texts, batch_size=options.content_batch_size)
+        raw, reused = encoder.encode_cached(texts, cache, batch_size=options.batch_size, progress=options.progress)
+        log.info("fusion: %d item texts embedded (%d re-used)", len(texts), reused)
         return cls({item: i for i, item in enumerate(item_ids)}, ItemTextVectors.build(encoder.fingerprint, texts, raw).items())
 
 
-def content_scorer(period: FitPeriod, text: TextVectors) -> Scorer:
-    """The content retriever: a user is the weighted mean of their items' MiniLM vectors; a user with no
-    positive interaction has no content signal and gets no list."""
+def content_scorer(period: FitPeriod, text: TextVectors, options: ContentOptions) -> Scorer:
+    """The content retriever: a user is the weighted mean of their items' MiniLM vectors (weights decayed
+    with the content options' half-life); a user with no positive interaction has no content signal and
+    gets no list."""
+    graph = BipartiteGraph.from_events(period.events, None, EdgeWeights(half_life_days=options.half_life_days))
+    if graph.user_ids != period.graph.user_ids:  # the same events, so the same sorted users
+        raise AssertionError("the content graph orders users differently")
     items = text.vectors[torch.tensor([text.position[item] for item in period.graph.item_ids], dtype=torch.long)]
-    users = user_vectors(period.graph.user_item_csr(), items)
+    cols = torch.tensor([period.graph.item_index[item] for item in graph.item_ids], dtype=torch.long)
+    users = user_vectors(graph.user_item_csr(), items[cols])
     return known_user_scorer(period.graph, lambda rows: users[rows] @ items.T, answers=users.abs().sum(1) > 0)
 
 
@@ -333,7 +341,7 @@ def fit_sources(period: FitPeriod, requests: list[Request], data: TrainingData, 
         elif source == "tgn":
             scorer = tgn_scorer(period, data, options)
         elif source == "content":
-            scorer = content_scorer(period, text)
+            scorer = content_scorer(period, text, options.content)
         else:
             scorer = popularity_scorer(period)
         lists[source] = candidate_lists(scorer, requests, period.graph, options.candidates_per_source)
@@ -430,13 +438,16 @@ class FusionRun:
     summary: dict[str, Any]
 
 
-def run_fusion(data: TrainingData, options: FusionOptions) -> FusionRun:
-    """Stage A (train the ranker on the validation period), then stage B (measure on the test period)."""
+def run_fusion(data: TrainingData, options: FusionOptions, text: TextVectors | None = None) -> FusionRun:
+    """Stage A (train the ranker on the validation period), then stage B (measure on the test period).
+    `text`: the catalogue's MiniLM vectors when the caller has them (encoded here otherwise)."""
     started = time.perf_counter()
     split = data.split
     if split.validation.empty:
         raise RuntimeError("fusion is trained on a validation period, and this split has none")
-    text = TextVectors.encode(data, options) if "content" in options.sources else None
+    if text is None and "content" in options.sources:
+        encoder = TextEncoder(device=options.content.device, max_seq_length=options.content.max_seq_length)
+        text = TextVectors.encode(data, encoder, options.content)
 
     # Stage A: sources on the train period, examples from the validation period.
     train = FitPeriod(split.train, BipartiteGraph.from_events(split.train, data.items, WEIGHTS))
@@ -501,7 +512,13 @@ def run_fusion(data: TrainingData, options: FusionOptions) -> FusionRun:
 
 def train_fusion_artifact(data: TrainingData, artifacts: ArtifactStore, overrides: dict[str, Any]) -> Manifest:
     options = FusionOptions.model_validate(overrides)
-    run = run_fusion(data, options)
+    text = None
+    if "content" in options.sources:
+        # The content artifact, when trained first (as the demo does), already holds the catalogue's vectors.
+        encoder = TextEncoder(device=options.content.device, max_seq_length=options.content.max_seq_length)
+        cache = previous_cache(artifacts, encoder)[0] if options.content.reuse_previous else {}
+        text = TextVectors.encode(data, encoder, options.content, cache)
+    run = run_fusion(data, options, text)
 
     def build(folder: Path) -> None:
         run.training.model.save(folder, candidates_per_source=options.candidates_per_source,

@@ -75,14 +75,38 @@ def plot_curves(curves: list[dict[str, float]], path: Path) -> None:
     for key in sorted({k for c in curves for k in c if "@" in k}):
         points = [(x, c[key]) for x, c in zip(xs, curves) if key in c]
         ax.plot(*zip(*points), marker=".", label=key)
-    if any("loss" in c for c in curves):
+    # "loss" is the training loss; other "... loss" keys (a held-out loss) share its axis.
+    losses = [key for key in dict.fromkeys(k for c in curves for k in c) if key.endswith("loss")]
+    if losses:
         loss_ax = ax.twinx()
-        loss_ax.plot(xs, [c.get("loss") for c in curves], color="grey", linestyle="--", label="training loss")
-        loss_ax.set_ylabel("training loss")
+        for key, style in zip(losses, ("--", ":", "-.")):
+            loss_ax.plot(xs, [c.get(key) for c in curves], color="grey", linestyle=style,
+                         label="training loss" if key == "loss" else key)
+        loss_ax.set_ylabel("loss")
         loss_ax.legend(loc="lower right")
     ax.set_xlabel("training seconds" if x_key == "seconds" else "epoch")
     ax.grid(alpha=0.3)
-    ax.legend(loc="upper left")
+    if ax.get_legend_handles_labels()[0]:
+        ax.legend(loc="upper left")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def plot_attention(groups: dict[str, dict[str, float]], sources: list[str], path: Path) -> None:
+    """Mean attention weight per source (bars) in each request-context group (x), e.g. from
+    pipelines.fusion.attention_groups; a group's "requests" count goes under its name."""
+    fig, ax = plt.subplots(figsize=(max(7.0, 1.6 * len(groups)), 4))
+    width = 0.8 / max(len(sources), 1)
+    for s, source in enumerate(sources):
+        xs = [g + (s - (len(sources) - 1) / 2) * width for g in range(len(groups))]
+        ax.bar(xs, [weights.get(source, 0.0) for weights in groups.values()], width, label=source)
+    ax.set_xticks(range(len(groups)))
+    ax.set_xticklabels([f"{name}\n({int(weights.get('requests', 0))} requests)" for name, weights in groups.items()], fontsize=8)
+    ax.set_ylabel("mean attention weight")
+    ax.set_ylim(0, 1)
+    ax.grid(alpha=0.3, axis="y")
+    ax.legend()
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)

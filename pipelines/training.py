@@ -78,6 +78,14 @@ DEMO_OVERRIDES: dict[str, dict[str, Any]] = {
     "tgn": {"time_budget_s": 60.0, "max_epochs": 10, "batch_size": 1000},
     # HGT: two epochs of large batches, no epoch selection (each evaluation is a full-graph pass).
     "hgt": {"max_epochs": 2, "batch_size": 2048, "validation_fraction": 0.0},
+    # Fusion fits its own copy of every source twice (stages A and B): small, short fits, about 80 s in all.
+    "fusion": {
+        "validation_fraction": 0.0,
+        "lightgcn": {"time_budget_s": 8.0, "max_epochs": 40},
+        "hgt": {"max_epochs": 1, "batch_size": 4096},
+        "tgn": {"max_epochs": 1, "batch_size": 2000, "memory_dim": 32, "time_dim": 16, "embedding_dim": 32},
+        "training": {"max_epochs": 30},
+    },
 }
 
 
