@@ -47,7 +47,7 @@ async def run_fusion(
     originals = {name: {c.item_id: c for c in candidates} for name, candidates in by_source.items()}
     started = time.perf_counter()
     fused = []
-    for item_id, score, contributions in ranker.rank(lists, context)[:needed]:
+    for item_id, score, contributions in ranker.rank(lists, context, limit=needed):
         # The item's source is its largest contributor among the sources that returned it; its reason is that source's.
         returned_by = [s for s in contributions if item_id in originals.get(s, {})]
         source = max(returned_by, key=lambda s: contributions[s])

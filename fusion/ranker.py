@@ -156,21 +156,22 @@ class AttentionFusion(nn.Module):
         return contributions.sum(-1), contributions
 
     @torch.no_grad()
-    def rank(self, lists: Mapping[str, Ranked], context: FusionContext) -> list[tuple[str, float, dict[str, float]]]:
-        """One request: the union of `lists`, best first, as (item_id, score, {source: contribution})."""
+    def rank(
+        self, lists: Mapping[str, Ranked], context: FusionContext, limit: int | None = None
+    ) -> list[tuple[str, float, dict[str, float]]]:
+        """One request: the union of `lists`, best first (the top `limit`), as (item_id, score, {source: contribution})."""
         items, item_evidence, answered = evidence(lists, self.sources)
         if not items:
             return []
         scores, contributions = self(context.features()[None], item_evidence[None], answered[None])
-        order = torch.argsort(scores[0], descending=True, stable=True).tolist()
-        by_source = contributions[0].tolist()
+        order = torch.argsort(scores[0], descending=True, stable=True)[:limit]
+        # Only the returned items are turned into Python objects: that, not the arithmetic, is the cost.
+        top_scores = scores[0, order].tolist()
+        answering = [s for s, ok in zip(self.sources, answered.tolist()) if ok]
+        top_contributions = contributions[0][order][:, answered].tolist()
         return [
-            (
-                items[i],
-                float(scores[0, i]),
-                {s: round(c, 6) for s, c, ok in zip(self.sources, by_source[i], answered.tolist()) if ok},
-            )
-            for i in order
+            (items[i], score, {s: round(c, 6) for s, c in zip(answering, parts)})
+            for i, score, parts in zip(order.tolist(), top_scores, top_contributions)
         ]
 
     def save(self, folder: Path, **extra: object) -> None:
