@@ -4,7 +4,7 @@ PYTHON ?= python3
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test serve bench loadtest clean-state
+.PHONY: demo test serve bench loadtest drills clean-state
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -33,6 +33,11 @@ bench: $(STAMP)
 PROFILE ?= smoke
 loadtest: $(STAMP)
 	$(PY) -m loadtests.run --profile $(PROFILE) $(LOADTEST_ARGS)
+
+# Fault drills under load (loadtests/drills.py): kill a replica, slow a model, vector store and PostgreSQL
+# down, a rollout, schemathesis fuzzing. Needs the demo's trained models and its embedded PostgreSQL.
+drills: $(STAMP)
+	$(PY) -m loadtests.drills $(DRILL_ARGS)
 
 clean-state: $(STAMP)
 	$(VENV)/bin/recserve db stop

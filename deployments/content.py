@@ -111,6 +111,7 @@ class ContentDeployment(ArtifactModel[str]):
         )
 
     async def recommend(self, query: ModelQuery) -> list[Candidate]:
+        await self.fault_delay()
         version = self.loaded
         if version is None:
             return []

@@ -132,6 +132,9 @@ class ModelUserConfig(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
     version: str = Field(default="current", description="artifact version to serve, or 'current'")
+    fault_delay_ms: float = Field(
+        default=0.0, ge=0, le=10_000, description="fault drills only: a delay added to every recommend (0 in production)"
+    )
 
 
 LoadedT = TypeVar("LoadedT")
@@ -147,6 +150,7 @@ class ArtifactModel(Generic[LoadedT]):
         self.metrics = ModelMetrics()
         self.loaded: LoadedT | None = None
         self.manifest: Manifest | None = None
+        self.fault_delay_s = 0.0
         self.error: str | None = None
 
     def load_artifact(self, folder: Path) -> LoadedT:
@@ -154,8 +158,11 @@ class ArtifactModel(Generic[LoadedT]):
 
     async def reconfigure(self, user_config: dict) -> None:
         config = ModelUserConfig.model_validate(user_config or {})
+        self.fault_delay_s = config.fault_delay_ms / 1000
         try:
             folder = self.artifacts.resolve(self.model_name, config.version)
+            if self.manifest is not None and folder.name == self.manifest.version:
+                return  # already serving it: a change of other settings must not reload the artifact
             manifest = self.artifacts.manifest(self.model_name, folder.name)
             loaded = await asyncio.to_thread(self.load_artifact, folder)
         except ArtifactNotFound as missing:
@@ -169,6 +176,11 @@ class ArtifactModel(Generic[LoadedT]):
             self.metrics.version.set(0, tags={"model": self.model_name, "version": previous.version})
         self.metrics.version.set(1, tags={"model": self.model_name, "version": manifest.version})
         log.info("%s: serving version %s", self.model_name, manifest.version)
+
+    async def fault_delay(self) -> None:
+        """The drill's injected slowness (`user_config.fault_delay_ms`); nothing in production."""
+        if self.fault_delay_s:
+            await asyncio.sleep(self.fault_delay_s)
 
     async def status(self) -> ModelStatus:
         manifest = self.manifest

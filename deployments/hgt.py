@@ -70,6 +70,7 @@ class HGTDeployment(ArtifactModel[HGTIndex]):
     # or a similar-items query is one product with the item vectors (~0.1 ms) and a new user adds one
     # small HGT pass over their links (~1.5 ms), less than a thread hop would be worth.
     async def recommend(self, query: ModelQuery) -> list[Candidate]:
+        await self.fault_delay()
         index = self.loaded  # one version for the whole request, even if a hot swap lands meanwhile
         if index is None:
             return []

@@ -76,6 +76,7 @@ class LightGCNDeployment(ArtifactModel[LoadedLightGCN]):
         return LoadedLightGCN.load(folder, device=replica_device())
 
     async def recommend(self, query: ModelQuery) -> list[Candidate]:
+        await self.fault_delay()
         loaded = self.loaded  # one version for the whole request, even if a hot swap lands meanwhile
         if loaded is None:
             return []

@@ -59,6 +59,7 @@ class PopularityDeployment(ArtifactModel[LoadedPopularity]):
         return LoadedPopularity(PopularityModel.load(folder), ItemIndex.load(folder))
 
     async def recommend(self, query: ModelQuery) -> list[Candidate]:
+        await self.fault_delay()
         loaded = self.loaded
         if loaded is None:
             return []

@@ -238,7 +238,7 @@ class TGNDeployment(ArtifactModel[LiveTGN]):
 
     async def reconfigure(self, user_config: dict) -> None:
         self.settings = TGNUserConfig.model_validate(user_config or {})
-        await super().reconfigure({"version": self.settings.version})
+        await super().reconfigure(self.settings.model_dump(include={"version", "fault_delay_ms"}))
         if self.loaded is not None:
             self.loaded.sessions.set_timeout(self.settings.session_timeout_s)
 
@@ -263,6 +263,7 @@ class TGNDeployment(ArtifactModel[LiveTGN]):
 
     # -- the model contract plus TGN's own methods ----------------------------------------------
     async def recommend(self, query: ModelQuery) -> list[Candidate]:
+        await self.fault_delay()
         live = self.loaded
         if live is None:
             return []

@@ -10,6 +10,8 @@ read per A/B arm.
 
 from __future__ import annotations
 
+import json
+import os
 import random
 import uuid
 
@@ -22,6 +24,23 @@ from stores.settings import get_settings
 IDS: dict[str, list[str]] = {"users": [], "items": [], "providers": []}
 DEVICES = ["mobile", "desktop", "tablet", "tv"]
 SEARCHES = ["space strategy with co-op", "relaxing puzzle", "fast shooter", "story rich adventure", "racing"]
+
+
+# RECSERVE_LOADTEST_LOG=<file>: one JSON line per request (the fault drills read their windows from it),
+# with the idempotency key of every acknowledged interaction.
+_LOG = open(os.environ["RECSERVE_LOADTEST_LOG"], "a", buffering=1) if os.environ.get("RECSERVE_LOADTEST_LOG") else None
+
+
+@events.request.add_listener
+def _log_request(request_type, name, response_time, response, exception, start_time=None, context=None, **kwargs) -> None:
+    if _LOG is None or request_type == "ARM":
+        return
+    status = getattr(response, "status_code", None)
+    line = {"t": start_time, "name": name, "ms": round(response_time, 2), "status": status, "failed": exception is not None,
+            "retry_after": bool(response is not None and status == 503 and response.headers.get("Retry-After"))}
+    if context and status == 201 and context.get("idempotency_key"):
+        line["acknowledged"] = context["idempotency_key"]
+    _LOG.write(json.dumps(line) + "\n")
 
 
 @events.init.add_listener
@@ -54,7 +73,8 @@ class RecserveUser(HttpUser):
         return [item["item_id"] for item in answer["items"]]
 
     def interact(self, body: dict) -> None:
-        self.client.post("/v1/interactions", json=body, name="/v1/interactions")
+        self.client.post("/v1/interactions", json=body, name="/v1/interactions",
+                         context={"idempotency_key": body.get("idempotency_key")})
 
 
 class ReturningUser(RecserveUser):

@@ -297,6 +297,12 @@ class EventStore:
             )
             return [r[0] for r in cur.fetchall()]
 
+    def count_idempotency_keys(self, keys: Sequence[str]) -> int:
+        """How many of `keys` are stored (drills compare it with what the API acknowledged)."""
+        with self.db.cursor() as cur:
+            cur.execute("SELECT count(*) FROM events WHERE idempotency_key = ANY(%s)", (list(keys),))
+            return int(cur.fetchone()[0])
+
     def most_active_users(self, limit: int = 1000) -> list[str]:
         """Users with the most events first (load tests draw their returning users from these)."""
         with self.db.cursor() as cur:

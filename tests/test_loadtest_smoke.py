@@ -51,3 +51,21 @@ def test_a_broken_budget_is_reported_and_fails(tmp_path):
     assert verdicts[("/v1/search", "requests")] == "not exercised"
     rows, ok = check({"/v1/interactions": Budget(p50=50, p95=100, p99=200, error_rate=0.05)}, stats)
     assert ok
+
+
+def test_a_drill_counts_errors_until_recovery_and_refusals_apart():
+    from loadtests.drills import Window, summarise
+
+    window = Window("postgres_down", fault_at=100.0, cleared_at=120.0, recovered_at=123.0)
+    log = [
+        {"t": 99.0, "ms": 900.0, "status": 500, "failed": True, "retry_after": False},  # before: not counted
+        {"t": 101.0, "ms": 10.0, "status": 503, "failed": True, "retry_after": True},  # the designed refusal
+        {"t": 110.0, "ms": 30.0, "status": 200, "failed": False, "retry_after": False},
+        {"t": 119.0, "ms": 600.0, "status": 504, "failed": True, "retry_after": False},  # an error
+        {"t": 122.0, "ms": 20.0, "status": 200, "failed": False, "retry_after": False},  # recovering: counted
+        {"t": 130.0, "ms": 5.0, "status": 500, "failed": True, "retry_after": False},  # after: not counted
+    ]
+    result = summarise(window, log)
+    assert (result["requests"], result["errors"], result["refusals_503_retry_after"]) == (4, 1, 1)
+    assert result["fault_s"] == 20.0 and result["recover_s"] == 3.0
+    assert result["p99_ms_during_fault"] > 500  # over the requests while the fault held
