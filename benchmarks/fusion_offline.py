@@ -28,11 +28,14 @@ import warnings
 import torch
 
 from benchmarks.gowalla_data import DEFAULT_DATA_DIR, ROOT
+from graph_builders.bipartite import BipartiteGraph
+from graph_builders.edge_weights import EdgeWeights
 from graph_builders.splits import temporal_split
+from models.item_knn import ItemKNN
 from pipelines.cli import parse_overrides
 from pipelines.datasets import read_dataset
 from pipelines.fusion import FusionOptions, run_fusion
-from pipelines.protocol import TrainingData
+from pipelines.protocol import RankingProtocol, TrainingData
 from pipelines.reports import metric_table, plot_attention, write_report
 
 # Per dataset, what differs from FusionOptions' defaults (why: the module docstring).
@@ -40,7 +43,19 @@ DATASET_OPTIONS = {
     "ml-100k": {},
     "steam": {"sources": ["hgt", "lightgcn", "content", "popularity"]},
 }
-ORDER = ("fusion", "cascade", "tgn", "hgt", "lightgcn", "content", "popularity", "popularity (overall)", "item-knn")
+ORDER = ("fusion", "cascade", "tgn", "hgt", "lightgcn", "content", "popularity", "popularity (overall)", "item-knn",
+         "item-knn (binary, no decay)")
+
+
+def binary_item_knn(data: TrainingData) -> dict[str, float]:
+    """item-kNN on the binary history without time decay: the protocol's item-kNN uses the decayed weights,
+    which on Steam's random timestamps leave little more than each user's latest items (BENCHMARKS.md,
+    content retriever on Steam)."""
+    protocol = RankingProtocol.build(data, EdgeWeights())
+    graph = BipartiteGraph.from_events(data.history, data.items, EdgeWeights(half_life_days=None), binary=True)
+    if graph.user_ids != protocol.graph.user_ids or graph.item_ids != protocol.graph.item_ids:
+        raise AssertionError("the binary graph orders users or items differently from the protocol's")
+    return protocol.evaluate(ItemKNN.fit(graph.user_item_csr()).scores)
 
 
 def main() -> int:
@@ -58,6 +73,7 @@ def main() -> int:
     data = TrainingData(dataset.events, dataset.items, dataset.users, temporal_split(dataset.events), "temporal 70/10/20")
     options = FusionOptions.model_validate({**DATASET_OPTIONS[args.dataset], **parse_overrides(args.set, None)})
     run = run_fusion(data, options)
+    run.metrics["item-knn (binary, no decay)"] = binary_item_knn(data)
     seconds = time.perf_counter() - started
 
     name = args.name or f"fusion_{args.dataset}"
@@ -102,7 +118,8 @@ def main() -> int:
                                                   "that event's device",
             "rows": "each source alone answers every user it can (TGN too); the cascade and fusion get TGN's list "
                     "only with an active session; popularity = the cascade's stage (by device when known), "
-                    "popularity (overall) and item-knn = the protocol's baselines",
+                    "popularity (overall) and item-knn = the protocol's baselines (decayed weights); item-knn "
+                    "(binary, no decay) = item-kNN on the undecayed binary history",
             **{k: v for k, v in run.summary.items()},
         },
         results=results,
@@ -116,8 +133,9 @@ def main() -> int:
                        for group, w in run.attention.items()]
     extra = [
         "## Held-out validation users (stage A: what settings are chosen on)", "",
-        "The users of the validation period held out from the ranker's training (its epoch is chosen on them); "
-        "sources fitted on the train period; cold users included.", "",
+        "The validation-period users held out from the ranker's training (its epoch is chosen on them), among "
+        "those whose candidates hold at least one of their items; sources fitted on the train period; cold "
+        "users included.", "",
         metric_table({m: run.validation[m] for m in ORDER if m in run.validation}), "",
         "## Learned attention by request context", "",
         "Mean source weight over the requests of both stages (validation and test users), by context.", "",

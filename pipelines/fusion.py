@@ -147,7 +147,7 @@ def new_user_targets(earlier: pd.DataFrame, period: pd.DataFrame) -> pd.DataFram
 def period_requests(earlier: pd.DataFrame, period: pd.DataFrame, targets: pd.DataFrame, users: pd.DataFrame,
                     session_gap_s: float) -> list[Request]:
     """One request per user of `targets`, at their first event of `period` (module docstring), sorted by user."""
-    first = pd.Series(pd.to_datetime(period["ts"], utc=True).to_numpy(), index=interaction_key(period).to_numpy())
+    first = pd.Series(pd.to_datetime(period["ts"], utc=True).array, index=interaction_key(period).to_numpy())
     first = first.groupby(level=0).min()
     before = pd.DataFrame({"user": interaction_key(earlier).to_numpy(), "ts": pd.to_datetime(earlier["ts"], utc=True).array,
                            "device": earlier["device"].astype(object).to_numpy()}).dropna(subset=["user"])

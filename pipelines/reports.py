@@ -67,26 +67,27 @@ def selection_summary(selected: Any, served: Any, refit: bool) -> dict[str, Any]
 
 
 def plot_curves(curves: list[dict[str, float]], path: Path) -> None:
-    """A learning curve: held-out metrics (left axis) and training loss (right axis) against training
-    time, or epochs when the history has no times."""
+    """A learning curve: held-out metrics (left axis) and losses (right axis; the left one when there are
+    no metrics) against training time, or epochs when the history has no times. "loss" is the training
+    loss; other "... loss" keys (a held-out loss) are drawn beside it."""
     x_key = "seconds" if "seconds" in curves[0] else "epoch"
     xs = [c[x_key] for c in curves]
     fig, ax = plt.subplots(figsize=(7, 4))
-    for key in sorted({k for c in curves for k in c if "@" in k}):
+    metrics = sorted({k for c in curves for k in c if "@" in k})
+    for key in metrics:
         points = [(x, c[key]) for x, c in zip(xs, curves) if key in c]
         ax.plot(*zip(*points), marker=".", label=key)
-    # "loss" is the training loss; other "... loss" keys (a held-out loss) share its axis.
     losses = [key for key in dict.fromkeys(k for c in curves for k in c) if key.endswith("loss")]
     if losses:
-        loss_ax = ax.twinx()
+        loss_ax = ax.twinx() if metrics else ax
         for key, style in zip(losses, ("--", ":", "-.")):
             loss_ax.plot(xs, [c.get(key) for c in curves], color="grey", linestyle=style,
                          label="training loss" if key == "loss" else key)
         loss_ax.set_ylabel("loss")
-        loss_ax.legend(loc="lower right")
+        loss_ax.legend(loc="lower right" if metrics else "upper right")
     ax.set_xlabel("training seconds" if x_key == "seconds" else "epoch")
     ax.grid(alpha=0.3)
-    if ax.get_legend_handles_labels()[0]:
+    if metrics:
         ax.legend(loc="upper left")
     fig.tight_layout()
     fig.savefig(path, dpi=110)
