@@ -537,7 +537,7 @@ def train_fusion_artifact(data: TrainingData, artifacts: ArtifactStore, override
                 **options.model_dump(),
                 "edge_weights": WEIGHTS.model_dump(),
                 "split": data.split_name,
-                "summary": {**run.summary, **{f"attention ({group})": text for group, text in attention.items()}},
+                "summary": {**run.summary, **{f"attention ({group})": line for group, line in attention.items()}},
             },
             "metrics": {
                 **run.metrics["fusion"],

@@ -2,7 +2,8 @@
 every model.
 
 Each trainer measures its model on the held-out test period, then publishes an artifact fitted on all
-events, so serving uses the freshest data. Artifacts that carry embeddings (`embeddings.pt`) are synced
+events, so serving uses the freshest data (fusion, stacked on the others' candidate lists, publishes the
+ranker trained on the validation period: pipelines/fusion.py). Artifacts that carry embeddings (`embeddings.pt`) are synced
 to the vector store under their version.
 """
 
