@@ -123,15 +123,18 @@ class Drills:
         return window
 
     def postgres_down(self) -> Window:
-        from stores.postgres import start_embedded, stop_embedded
+        # Through the CLI in fresh processes: pgserver caches its server object per process, so a server
+        # stopped here could not be started again from here.
+        def db(action: str) -> None:
+            subprocess.run([sys.executable, "-m", "pipelines.cli", "db", action], check=True, capture_output=True)
 
         window = Window("postgres_down", time.time())
-        stop_embedded(self.settings.state_dir)
+        db("stop")
         try:
             time.sleep(self.fault_s)
         finally:
             window.cleared_at = time.time()
-            start_embedded(self.settings.state_dir)
+            db("start")
 
         def ingests() -> bool:
             event = {"session_id": "drill-probe", "item_id": self.any_item(), "event_type": "impression"}

@@ -32,7 +32,7 @@ _LOG = open(os.environ["RECSERVE_LOADTEST_LOG"], "a", buffering=1) if os.environ
 
 
 @events.request.add_listener
-def _log_request(request_type, name, response_time, response, exception, start_time=None, context=None, **kwargs) -> None:
+def _log_request(request_type, name, response_time, exception=None, response=None, start_time=None, context=None, **kwargs) -> None:
     if _LOG is None or request_type == "ARM":
         return
     status = getattr(response, "status_code", None)

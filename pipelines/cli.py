@@ -108,11 +108,14 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
 
 def cmd_db(args: argparse.Namespace) -> int:
-    from stores.postgres import stop_embedded
+    from stores.postgres import start_embedded, stop_embedded
 
     settings = get_settings()
     if args.action == "stop":
         print("stopped" if stop_embedded(settings.state_dir) else "no embedded PostgreSQL was running")
+    else:
+        start_embedded(settings.state_dir)
+        print(f"embedded PostgreSQL running under {settings.state_dir / 'postgres'}")
     return 0
 
 
@@ -181,7 +184,7 @@ def build_parser() -> argparse.ArgumentParser:
     demo.set_defaults(func=cmd_demo)
 
     db = sub.add_parser("db", help="the embedded PostgreSQL")
-    db.add_argument("action", choices=["stop"])
+    db.add_argument("action", choices=["start", "stop"])
     db.set_defaults(func=cmd_db)
     return parser
 
