@@ -90,7 +90,8 @@ class FusionOptions(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     sources: list[Source] = Field(default_factory=lambda: list(SOURCES), description="in the cascade's order")
-    candidates_per_source: int = Field(default=100, ge=1, description="N: the length of each source's list")
+    # 50, not 100: the same validation quality (BENCHMARKS.md), half the candidates to move and score per request.
+    candidates_per_source: int = Field(default=50, ge=1, description="N: the length of each source's list")
     session_gap_s: float = Field(default=SESSION_GAP_S, gt=0, description="an earlier event this recent: session active")
     cold_users: bool = Field(default=True, description="stage A also learns from users new in the validation period")
     validation_fraction: float = Field(default=0.1, ge=0, lt=1,

@@ -378,9 +378,11 @@ def manifest(model: str, version: str) -> Manifest:
 class PopularityUnderTest:
     provider_items = PopularityDeployment.func_or_class.provider_items
     recommend = PopularityDeployment.func_or_class.recommend
+    fault_delay = PopularityDeployment.func_or_class.fault_delay
 
     def __init__(self, loaded: LoadedPopularity | None):
         self.loaded, self.manifest = loaded, manifest("popularity", "p1") if loaded else None
+        self.fault_delay_s = 0.0
 
 
 def popularity_model() -> LoadedPopularity:
