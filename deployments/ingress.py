@@ -114,9 +114,6 @@ class IngressConfig(BaseModel):
         default=2000.0, gt=0, description="how long /v1/interactions waits for TGN to apply the stored events"
     )
     session_timeout_ms: float = Field(default=2000.0, gt=0, description="how long /v1/sessions waits for TGN")
-    fusion_candidates: int = Field(
-        default=50, ge=1, le=500, description="what fusion asks each source for, unless the fusion artifact says"
-    )
 
 
 class IngressUserConfig(ABSettings):
@@ -196,6 +193,14 @@ _LOOKUP_ERRORS = {
 NO_ARM = "none"
 
 
+class ServedFusion(NamedTuple):
+    """The fusion ranker an ingress replica serves."""
+
+    version: str
+    ranker: AttentionFusion
+    candidates_per_source: int  # what it asks each source for: the list length it was trained on
+
+
 class Exclusions(NamedTuple):
     """What a request must not be shown, and its session items as the catalogue knows them."""
 
@@ -265,7 +270,7 @@ class Ingress:
         self.artifacts = ArtifactStore(get_settings().artifacts_dir, self.config.namespace)
         self.training_jobs = TrainingJobs(self.config.namespace)
         self.ab = IngressUserConfig()
-        self.fusion: tuple[str, AttentionFusion, int] | None = None  # (version, ranker, candidates per source)
+        self.fusion: ServedFusion | None = None
         await self.reconfigure({})
         # PostgreSQL down now: the ingress still comes up; enrichment waits for a later refresh.
         await self.catalog.refresh()
@@ -277,22 +282,22 @@ class Ingress:
         try:
             folder = self.artifacts.resolve("fusion", config.fusion_version)
             ranker = await asyncio.to_thread(AttentionFusion.load, folder)
-            candidates = int(read_config(folder).get("candidates_per_source", self.config.fusion_candidates))
-            self.fusion = (folder.name, ranker, candidates)
+            candidates = int(read_config(folder)["candidates_per_source"])  # what it was trained on
+            self.fusion = ServedFusion(folder.name, ranker, candidates)
         except ArtifactNotFound as missing:
             # The fusion arm then serves the cascade, and says so in models_tried.
             log.warning("fusion: %s", missing)
         self.ab = config
         self.metrics.fusion_share.set(config.fusion_share)
         log.info("A/B: fusion_share %.3f (salt %r); fusion ranker %s", config.fusion_share, config.salt,
-                 self.fusion[0] if self.fusion else "not loaded")
+                 self.fusion.version if self.fusion else "not loaded")
 
     async def ab_settings(self) -> ABSettings:
         return ABSettings(fusion_share=self.ab.fusion_share, salt=self.ab.salt)
 
     async def fusion_version(self) -> str | None:
         """The fusion ranker version this replica serves (for rollouts to wait on)."""
-        return self.fusion[0] if self.fusion else None
+        return self.fusion.version if self.fusion else None
 
     # -- model status ----------------------------------------------------------------------------
     async def model_statuses(self) -> dict[str, ModelStatus]:
@@ -354,7 +359,7 @@ class Ingress:
             response, _ = await compute()
             return response
         versions = {name: status.version for name, status in statuses.items()}
-        variant = (result_variant(request, versions), strategy, arm, self.fusion[0] if self.fusion else None)
+        variant = (result_variant(request, versions), strategy, arm, await self.fusion_version())
         # Only complete answers are reused: not one that skipped exclude_seen or lost a stage.
         (response, _), hit = await self.results.get_or_load(request.user_id, variant, compute, keep=lambda r: r[1])
         self.metrics.count_cache("results", arm, hits=int(hit), misses=int(not hit))
@@ -400,7 +405,7 @@ class Ingress:
             models_tried=result.attempts,
             model_versions={
                 **{name: status.version for name, status in statuses.items()},
-                **({"fusion": self.fusion[0]} if self.fusion and strategy == "fusion" else {}),
+                **({"fusion": self.fusion.version} if self.fusion and strategy == "fusion" else {}),
             },
             unknown_session_items=exclusions.unknown_session_items,
         )
@@ -797,7 +802,11 @@ class Ingress:
         self._statuses_at = 0.0  # status is the place to see a fresh view
         fusion = None
         if self.fusion is not None:
-            fusion = FusionStatus(version=self.fusion[0], sources=self.fusion[1].sources, candidates_per_source=self.fusion[2])
+            fusion = FusionStatus(
+                version=self.fusion.version,
+                sources=self.fusion.ranker.sources,
+                candidates_per_source=self.fusion.candidates_per_source,
+            )
         return StatusResponse(
             namespace=self.config.namespace,
             models=await self.model_statuses(),

@@ -9,7 +9,7 @@ import pytest
 
 from deployments.caches import CatalogSnapshot, ItemMeta, PerUserCache, SeenItems
 from deployments.contract import Candidate, ModelStatus
-from deployments.ingress import Ingress, IngressConfig, IngressUserConfig
+from deployments.ingress import Ingress, IngressConfig, IngressUserConfig, ServedFusion
 from deployments.schemas import RecommendBatchRequest, RecommendRequest
 from fusion.assignment import ABSettings, assign, bucket
 from fusion.ranker import AttentionFusion
@@ -75,13 +75,14 @@ class IngressUnderTest:
     _seen_items = Ingress.func_or_class._seen_items
     _known_session_items = Ingress.func_or_class._known_session_items
     _count_request = Ingress.func_or_class._count_request
+    fusion_version = Ingress.func_or_class.fusion_version
 
     def __init__(self, models: dict, fusion_share: float = 0.0, ranker: AttentionFusion | None = None):
         self.models = models
         self.statuses = {name: ModelStatus(model=name, loaded=True, version="v1") for name in models}
         self.config = IngressConfig(cascade=list(models), result_cache_ttl_s=0)
         self.ab = IngressUserConfig(fusion_share=fusion_share)
-        self.fusion = ("f1", ranker, 5) if ranker is not None else None
+        self.fusion = ServedFusion("f1", ranker, 5) if ranker is not None else None
         self.metrics = Metrics()
         self.seen = SeenItems(lambda user: ["x1", "x2", "x3"], max_users=10, ttl_s=60)
         self.results = PerUserCache(10, 0)
