@@ -792,8 +792,12 @@ class Ingress:
         except ArtifactNotFound as missing:
             return _not_found(str(missing), "version")
         deployment, key = ARTIFACT_DEPLOYMENTS[model]
+        # The resolved version, not "current": a user_config that reads the same would reconfigure nothing.
         # Not blocking: the ingress may itself be the deployment being reconfigured.
-        await asyncio.to_thread(deploy_user_config, deployment, {key: request.version}, False)
+        try:
+            await asyncio.to_thread(deploy_user_config, deployment, {key: version}, False)
+        except RuntimeError as error:  # the model is not deployed in this app
+            return _not_found(str(error), "model")
         return LoadResponse(model=model, version=version, deployment=deployment)
 
     # -- service ---------------------------------------------------------------------------------

@@ -89,7 +89,7 @@ def rollout(model: str, version: str, settings: Settings, address: str = "auto",
     deployment, key = ARTIFACT_DEPLOYMENTS[model]
     ray.init(address=address, namespace=SERVE_NAMESPACE, configure_logging=False)
     try:
-        deploy_user_config(deployment, {key: version})
+        deploy_user_config(deployment, {key: expected})  # resolved: "current" twice would change nothing
         return _wait_for_version(deployment, expected, timeout_s)
     finally:
         ray.shutdown()

@@ -129,6 +129,10 @@ def test_load_rolls_a_version_out_and_train_runs_a_job(service):
     back = post(base, "/v1/models/popularity/load", {"version": first}, headers=admin)
     assert back.status_code == 202 and back.json() == {"model": "popularity", "version": first, "deployment": "PopularityDeployment"}
     wait_for_version(base, "popularity", first)
+    # "current" is resolved before the rollout (the job's version is current), so it changes the replicas.
+    current = post(base, "/v1/models/popularity/load", {"version": "current"}, headers=admin)
+    assert current.status_code == 202 and current.json()["version"] == record["version"]
+    wait_for_version(base, "popularity", record["version"])
 
 
 def wait_for_version(base: str, model: str, version: str, timeout_s: float = 120) -> None:
