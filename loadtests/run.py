@@ -101,6 +101,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--host", help="an app already running; default: start one")
     parser.add_argument("--namespace", default=None)
     parser.add_argument("--port", type=int, default=8000)
+    parser.add_argument("--config", type=Path, default=None, help="a Serve config other than serve_config.yaml")
     parser.add_argument("--out", type=Path, default=REPO_ROOT / "reports" / "loadtest")
     parser.add_argument("user_classes", nargs="*", help="locustfile user classes to run (default: all)")
     args = parser.parse_args(argv)
@@ -113,7 +114,7 @@ def main(argv: list[str] | None = None) -> int:
 
     from pipelines import serving
 
-    app = nullcontext() if args.host else serving.running(settings, http_port=args.port)
+    app = nullcontext() if args.host else serving.running(settings, args.config or serving.DEFAULT_CONFIG, args.port)
     with app:
         host = args.host or f"http://127.0.0.1:{args.port}"
         print(f"== locust, profile {args.profile}: {config.profiles[args.profile].model_dump()} against {host}", flush=True)
