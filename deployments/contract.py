@@ -177,6 +177,10 @@ class ArtifactModel(Generic[LoadedT]):
         self.metrics.version.set(1, tags={"model": self.model_name, "version": manifest.version})
         log.info("%s: serving version %s", self.model_name, manifest.version)
 
+    async def served_version(self) -> str | None:
+        """The artifact version this replica serves (rollouts wait on it)."""
+        return self.manifest.version if self.loaded is not None and self.manifest is not None else None
+
     async def fault_delay(self) -> None:
         """The drill's injected slowness (`user_config.fault_delay_ms`); nothing in production."""
         if self.fault_delay_s:

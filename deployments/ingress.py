@@ -281,9 +281,10 @@ class Ingress:
         config = IngressUserConfig.model_validate(user_config or {})
         try:
             folder = self.artifacts.resolve("fusion", config.fusion_version)
-            ranker = await asyncio.to_thread(AttentionFusion.load, folder)
-            candidates = int(read_config(folder)["candidates_per_source"])  # what it was trained on
-            self.fusion = ServedFusion(folder.name, ranker, candidates)
+            if self.fusion is None or self.fusion.version != folder.name:
+                ranker = await asyncio.to_thread(AttentionFusion.load, folder)
+                candidates = int(read_config(folder)["candidates_per_source"])  # what it was trained on
+                self.fusion = ServedFusion(folder.name, ranker, candidates)
         except ArtifactNotFound as missing:
             # The fusion arm then serves the cascade, and says so in models_tried.
             log.warning("fusion: %s", missing)
@@ -295,8 +296,8 @@ class Ingress:
     async def ab_settings(self) -> ABSettings:
         return ABSettings(fusion_share=self.ab.fusion_share, salt=self.ab.salt)
 
-    async def fusion_version(self) -> str | None:
-        """The fusion ranker version this replica serves (for rollouts to wait on)."""
+    async def served_version(self) -> str | None:
+        """The fusion ranker version this replica serves (rollouts wait on it, as on the models')."""
         return self.fusion.version if self.fusion else None
 
     # -- model status ----------------------------------------------------------------------------
@@ -359,7 +360,7 @@ class Ingress:
             response, _ = await compute()
             return response
         versions = {name: status.version for name, status in statuses.items()}
-        variant = (result_variant(request, versions), strategy, arm, await self.fusion_version())
+        variant = (result_variant(request, versions), strategy, arm, await self.served_version())
         # Only complete answers are reused: not one that skipped exclude_seen or lost a stage.
         (response, _), hit = await self.results.get_or_load(request.user_id, variant, compute, keep=lambda r: r[1])
         self.metrics.count_cache("results", arm, hits=int(hit), misses=int(not hit))

@@ -15,9 +15,11 @@ import os
 import csv
 import subprocess
 import sys
+import time
 from contextlib import nullcontext
 from pathlib import Path
 
+import requests
 import yaml
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -94,6 +96,18 @@ def run_locust(host: str, profile: Profile, out: Path, namespace: str, user_clas
     return subprocess.run(command, cwd=REPO_ROOT, env=env).returncode
 
 
+def set_fusion_share(host: str, share: float, timeout_s: float = 60) -> None:
+    """The ingress's user_config change `recserve ab` makes, on the app this process started."""
+    from deployments.rollouts import deploy_user_config
+
+    deploy_user_config("Ingress", {"fusion_share": share})
+    deadline = time.monotonic() + timeout_s
+    while requests.get(f"{host}/v1/status", timeout=10).json()["ab"]["fusion_share"] != share:
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"the ingress did not take fusion_share {share} within {timeout_s:.0f} s")
+        time.sleep(0.5)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--profile", default="smoke")
@@ -101,11 +115,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--host", help="an app already running; default: start one")
     parser.add_argument("--namespace", default=None)
     parser.add_argument("--port", type=int, default=8000)
-    parser.add_argument("--config", type=Path, default=None, help="a Serve config other than serve_config.yaml")
+    parser.add_argument("--fusion-share", type=float, help="A/B share of the fusion arm for this run (the app this starts)")
     parser.add_argument("--out", type=Path, default=REPO_ROOT / "reports" / "loadtest")
     parser.add_argument("user_classes", nargs="*", help="locustfile user classes to run (default: all)")
     args = parser.parse_args(argv)
     config = Budgets.read(args.budgets)
+    if args.fusion_share is not None and args.host:
+        parser.error("--fusion-share applies to the app this run starts; for --host use `recserve ab`")
     if args.profile not in config.profiles:
         parser.error(f"unknown profile {args.profile!r} in {args.budgets}; known: {sorted(config.profiles)}")
     settings = get_settings()
@@ -114,9 +130,11 @@ def main(argv: list[str] | None = None) -> int:
 
     from pipelines import serving
 
-    app = nullcontext() if args.host else serving.running(settings, args.config or serving.DEFAULT_CONFIG, args.port)
+    app = nullcontext() if args.host else serving.running(settings, http_port=args.port)
     with app:
         host = args.host or f"http://127.0.0.1:{args.port}"
+        if args.fusion_share is not None:
+            set_fusion_share(host, args.fusion_share)
         print(f"== locust, profile {args.profile}: {config.profiles[args.profile].model_dump()} against {host}", flush=True)
         returncode = run_locust(host, config.profiles[args.profile], args.out, settings.namespace, args.user_classes)
     rows, ok = check(config.budgets, args.out / "run_stats.csv")

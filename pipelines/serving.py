@@ -135,11 +135,8 @@ def _wait_for_version(deployment: str, version: str, timeout_s: float) -> str:
         for app_name, application in details.applications.items():
             state = application.deployments.get(deployment)
             if state is not None and state.status == "HEALTHY":
-                handle = serve.get_deployment_handle(deployment, app_name)
-                # The ingress serves the fusion ranker; a model deployment its own artifact.
-                call = handle.fusion_version if deployment == "Ingress" else handle.status
-                served = call.remote().result(timeout_s=10)
-                if (served if deployment == "Ingress" else served.version) == version:
+                served = serve.get_deployment_handle(deployment, app_name).served_version.remote().result(timeout_s=10)
+                if served == version:
                     return version
         time.sleep(0.5)
     raise TimeoutError(f"{deployment} did not report version {version} within {timeout_s:.0f} s")

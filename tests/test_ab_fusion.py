@@ -75,7 +75,7 @@ class IngressUnderTest:
     _seen_items = Ingress.func_or_class._seen_items
     _known_session_items = Ingress.func_or_class._known_session_items
     _count_request = Ingress.func_or_class._count_request
-    fusion_version = Ingress.func_or_class.fusion_version
+    served_version = Ingress.func_or_class.served_version
 
     def __init__(self, models: dict, fusion_share: float = 0.0, ranker: AttentionFusion | None = None):
         self.models = models
