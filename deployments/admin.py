@@ -98,12 +98,15 @@ class TrainingJobs:
         # `recserve train` ends with "<model> <version>: {metrics}".
         match = re.search(rf"^{re.escape(job.model)} (\S+): ", tail, re.MULTILINE)
         job.version = match.group(1) if match else None
-        job.state = "succeeded" if returncode == 0 and job.version else "failed"
-        if job.state == "succeeded" and job.load:
+        trained = returncode == 0 and job.version is not None
+        if trained and job.load:
             deployment, key = ARTIFACT_DEPLOYMENTS[job.model]
             try:
                 await asyncio.to_thread(deploy_user_config, deployment, {key: job.version}, False)
                 job.loaded = True
-            except Exception:  # noqa: BLE001 - trained is trained; loading can be retried by hand
+            except Exception as error:  # noqa: BLE001 - trained is trained; loading can be retried by hand
                 log.exception("rolling out %s %s failed", job.model, job.version)
+                job.log_tail += f"\nrolling out {job.version} failed: {error!r}"
+        # Last, so that a caller who sees the job finished also sees whether it was rolled out.
+        job.state = "succeeded" if trained else "failed"
         log.info("training job %s (%s) %s: version %s", job.job_id, job.model, job.state, job.version)

@@ -123,7 +123,7 @@ def test_load_rolls_a_version_out_and_train_runs_a_job(service):
             break
         time.sleep(2)
     assert record["state"] == "succeeded", record["log_tail"]
-    assert record["loaded"] and record["version"] != first
+    assert record["loaded"] and record["version"] != first, record
     wait_for_version(base, "popularity", record["version"])
 
     back = post(base, "/v1/models/popularity/load", {"version": first}, headers=admin)
