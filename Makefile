@@ -4,7 +4,7 @@ PYTHON ?= python3
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test serve bench loadtest drills clean-state
+.PHONY: demo test serve bench loadtest capacity drills clean-state
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -33,6 +33,10 @@ bench: $(STAMP)
 PROFILE ?= smoke
 loadtest: $(STAMP)
 	$(PY) -m loadtests.run --profile $(PROFILE) $(LOADTEST_ARGS)
+
+# The highest load at which every budget holds: Locust users stepped up until one breaks (loadtests/capacity.py).
+capacity: $(STAMP)
+	$(PY) -m loadtests.capacity $(CAPACITY_ARGS)
 
 # Fault drills under load (loadtests/drills.py): kill a replica, slow a model, vector store and PostgreSQL
 # down, a rollout, schemathesis fuzzing. Needs the demo's trained models and its embedded PostgreSQL.

@@ -34,7 +34,7 @@ from graph_builders.splits import temporal_split
 from models.item_knn import ItemKNN
 from pipelines.cli import parse_overrides
 from pipelines.datasets import read_dataset
-from pipelines.fusion import FusionOptions, run_fusion
+from pipelines.fusion import EVERY_SOURCE, FusionOptions, run_fusion
 from pipelines.protocol import RankingProtocol, TrainingData
 from pipelines.reports import metric_table, plot_attention, write_report
 
@@ -43,7 +43,7 @@ DATASET_OPTIONS = {
     "ml-100k": {},
     "steam": {"sources": ["hgt", "lightgcn", "content", "popularity"]},
 }
-ORDER = ("fusion", "cascade", "tgn", "hgt", "lightgcn", "content", "popularity", "popularity (overall)", "item-knn",
+ORDER = ("fusion", EVERY_SOURCE, "cascade", "tgn", "hgt", "lightgcn", "content", "popularity", "popularity (overall)", "item-knn",
          "item-knn (binary, no decay)")
 
 

@@ -110,7 +110,7 @@ class StageAttempt(BaseModel):
     """How one model stage of a request went; the response lists them in the order tried."""
 
     model: str
-    outcome: Literal["served", "too_few", "not_loaded", "unhealthy", "error", "timeout", "skipped"]
+    outcome: Literal["served", "too_few", "not_loaded", "unhealthy", "error", "timeout", "low_weight"]
     returned: int = 0
     latency_ms: float
 

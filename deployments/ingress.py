@@ -73,7 +73,7 @@ from deployments.schemas import (
 )
 from fusion.assignment import OVERRIDE_ARM, ABSettings, assign
 from fusion.cascade import CascadeResult, Stage, run_cascade
-from fusion.parallel import run_fusion
+from fusion.parallel import MIN_SOURCE_WEIGHT, run_fusion
 from fusion.ranker import AttentionFusion, FusionContext, read_config
 from models.sessions import session_key
 from stores.artifacts import ArtifactNotFound, ArtifactStore
@@ -120,6 +120,10 @@ class IngressUserConfig(ABSettings):
     """What `serve deploy` may change on the running ingress (its `user_config`), without a restart."""
 
     fusion_version: str = Field(default="current", description="fusion ranker artifact version, or 'current'")
+    fusion_min_source_weight: float = Field(
+        default=MIN_SOURCE_WEIGHT, ge=0, le=0.2,  # 0.2: of five sources, the strongest is always asked
+        description="fusion does not ask a source whose attention weight in the request's context is below this",
+    )
 
 
 api = FastAPI(
@@ -448,7 +452,8 @@ class Ingress:
             time=request.context.time or datetime.now(UTC),
         )
         source_query = query.model_copy(update={"k": max(needed, per_source)})
-        return await run_fusion(stages, source_query, needed, ranker, context), "fusion"
+        result = await run_fusion(stages, source_query, needed, ranker, context, self.ab.fusion_min_source_weight)
+        return result, "fusion"
 
     async def _enriched(self, page: list[Candidate], arm: str) -> tuple[list[RecommendedItem], bool]:
         """The page's items with their catalogue fields, and whether the catalogue knew all of them."""

@@ -4,6 +4,10 @@ attention-fusion ranker merge what came back.
 A source that errors, times out, is not loaded or answers nothing simply has no list; the ranker's
 attention is a softmax over the sources that did answer, so the others take its weight. TGN answers
 only while the user's session is active, which is how the ranker learns that a session is active.
+
+A source the ranker would hardly weigh in this request's context is not asked at all (outcome
+`low_weight`): its contribution could barely move the ranking, and on a busy machine its model call
+is what a fusion request waits for.
 """
 
 from __future__ import annotations
@@ -15,12 +19,9 @@ import time
 
 from deployments.contract import Candidate, ModelQuery, StageAttempt
 from fusion.cascade import CascadeResult, Stage
-from fusion.ranker import AttentionFusion, FusionContext
+from fusion.ranker import MIN_SOURCE_WEIGHT, SESSION_SOURCE, AttentionFusion, FusionContext, sources_worth_asking
 
 log = logging.getLogger(__name__)
-SESSION_SOURCE = "tgn"
-
-
 async def _ask(stage: Stage, query: ModelQuery) -> tuple[list[Candidate], StageAttempt]:
     if stage.skip_reason is not None:
         return [], StageAttempt(model=stage.name, outcome=stage.skip_reason, latency_ms=0.0)
@@ -37,9 +38,21 @@ async def _ask(stage: Stage, query: ModelQuery) -> tuple[list[Candidate], StageA
 
 
 async def run_fusion(
-    stages: list[Stage], query: ModelQuery, needed: int, ranker: AttentionFusion, context: FusionContext
+    stages: list[Stage],
+    query: ModelQuery,
+    needed: int,
+    ranker: AttentionFusion,
+    context: FusionContext,
+    min_source_weight: float = MIN_SOURCE_WEIGHT,
 ) -> CascadeResult:
-    """The ranker's top `needed` of the union of the stages' candidates (each asked for `query.k`)."""
+    """The ranker's top `needed` of the union of the stages' candidates (each asked for `query.k`);
+    the sources under `min_source_weight` in this context are not asked."""
+    started = time.perf_counter()
+    available = [stage.name for stage in stages if stage.skip_reason is None]
+    worth = sources_worth_asking(ranker, context, available, min_source_weight)
+    stages = [stage if stage.skip_reason is not None or stage.name in worth
+              else dataclasses.replace(stage, skip_reason="low_weight") for stage in stages]
+    choosing_ms = _ms(started)
     answers = await asyncio.gather(*(_ask(stage, query) for stage in stages))
     by_source = {stage.name: candidates for stage, (candidates, _) in zip(stages, answers) if candidates}
     lists = {name: [(c.item_id, c.score) for c in candidates] for name, candidates in by_source.items()}
@@ -53,7 +66,8 @@ async def run_fusion(
         source = max(returned_by, key=lambda s: contributions[s])
         reason = originals[source][item_id].reason
         fused.append(Candidate(item_id=item_id, score=score, source=source, reason=reason, contributions=contributions))
-    ranking = StageAttempt(model="fusion", outcome="served", returned=len(fused), latency_ms=_ms(started))
+    # The ranker's own time: choosing the sources, then ranking what they returned.
+    ranking = StageAttempt(model="fusion", outcome="served", returned=len(fused), latency_ms=choosing_ms + _ms(started))
     return CascadeResult(fused, [*(attempt for _, attempt in answers), ranking])
 
 

@@ -20,6 +20,7 @@ the ingress on a CPU in well under a millisecond per request.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 from collections.abc import Mapping, Sequence
@@ -53,6 +54,10 @@ CONTEXT_FEATURES = (
 CONTEXT_DIM = len(CONTEXT_FEATURES)
 EVIDENCE_FEATURES = ("present", "score_z", "reciprocal_rank")
 EVIDENCE_DIM = len(EVIDENCE_FEATURES)
+SESSION_SOURCE = "tgn"  # it answers only while the user's session is active
+# Sources under this attention weight, with the session active or not, are not asked (fusion/parallel.py).
+# On both offline datasets this changes no test figure (BENCHMARKS.md, "fusion (every source asked)").
+MIN_SOURCE_WEIGHT = 0.02
 WEIGHTS_FILE = "fusion.pt"
 CONFIG_FILE = "fusion.json"
 
@@ -185,6 +190,21 @@ class AttentionFusion(nn.Module):
         module = cls(config["sources"], attention_dim=config["attention_dim"])
         module.load_state_dict(torch.load(folder / WEIGHTS_FILE, weights_only=True))
         return module.eval()
+
+
+@torch.no_grad()
+def sources_worth_asking(
+    ranker: AttentionFusion, context: FusionContext, available: Sequence[str], min_weight: float = MIN_SOURCE_WEIGHT
+) -> set[str]:
+    """The `available` sources the ranker knows whose attention weight reaches `min_weight` in `context`,
+    with the session active (TGN answers) or not (it does not): which of the two holds shows only once
+    TGN has answered. 0 asks every source the ranker knows."""
+    best = torch.zeros(len(ranker.sources))
+    for session in (False, True):
+        answered = torch.tensor([s in available and (session or s != SESSION_SOURCE) for s in ranker.sources])
+        features = dataclasses.replace(context, session_active=session).features()
+        best = torch.maximum(best, ranker.attention(features[None], answered[None])[0])
+    return {s for s, weight in zip(ranker.sources, best.tolist()) if s in available and weight >= min_weight}
 
 
 def read_config(folder: Path) -> dict:

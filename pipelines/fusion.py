@@ -51,7 +51,15 @@ import torch
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 from torch import Tensor
 
-from fusion.ranker import AttentionFusion, FusionContext, Ranked, evidence
+from fusion.ranker import (
+    MIN_SOURCE_WEIGHT,
+    SESSION_SOURCE,
+    AttentionFusion,
+    FusionContext,
+    Ranked,
+    evidence,
+    sources_worth_asking,
+)
 from fusion.training import FusionExample, FusionTrainingConfig, FusionTrainingResult, train_fusion
 from graph_builders.bipartite import BipartiteGraph, csr_from_indices, item_id_order
 from graph_builders.edge_weights import EdgeWeights, aggregate_interactions, interaction_key
@@ -76,9 +84,9 @@ log = logging.getLogger(__name__)
 
 Source = Literal["tgn", "hgt", "lightgcn", "content", "popularity"]
 SOURCES: tuple[Source, ...] = ("tgn", "hgt", "lightgcn", "content", "popularity")  # the cascade's order
-SESSION_SOURCE = "tgn"
 WEIGHTS = EdgeWeights()  # every source's, as in their own pipelines
 MIN_WEIGHT = 1.0  # a relevant item: evaluation_targets' threshold (one click; not an impression or a low rating)
+EVERY_SOURCE = "fusion (every source asked)"  # fusion without the ranker's low-weight pruning
 NESTED = ("lightgcn", "hgt", "tgn", "content", "training")
 Scorer = Callable[[Sequence["Request"]], Tensor]  # [B, items of the fit graph]; an all -inf row: no answer
 
@@ -329,6 +337,13 @@ class StageLists:
         return {source: by_user[request.user] for source, by_user in self.lists.items()
                 if request.user in by_user and (source != SESSION_SOURCE or request.context.session_active)}
 
+    def asked(self, request: Request, model: AttentionFusion, min_weight: float = MIN_SOURCE_WEIGHT) -> dict[str, Ranked]:
+        """What the served ranker gets: `served`, less the sources it does not ask in this context
+        (fusion/parallel.py; every source that has a list for the user counts as loaded)."""
+        available = [source for source, by_user in self.lists.items() if request.user in by_user]
+        worth = sources_worth_asking(model, request.context, available, min_weight)
+        return {source: ranked for source, ranked in self.served(request).items() if source in worth}
+
 
 def fit_sources(period: FitPeriod, requests: list[Request], data: TrainingData, options: FusionOptions,
                 text: TextVectors | None, name: str) -> StageLists:
@@ -368,11 +383,13 @@ def cascade(lists: Mapping[str, Ranked], order: Sequence[str], k: int) -> list[s
 
 def rankings(stage: StageLists, model: AttentionFusion, sources: Sequence[str], k: int) -> dict[str, dict[str, list[str]]]:
     """method -> user -> ranked item ids: each source alone (every user it answers, whatever the
-    session), the cascade (its first k), and fusion (the whole union, ranked)."""
+    session), the cascade (its first k), and fusion (the whole union, ranked), as served (sources
+    under the attention threshold not asked) and with every source asked."""
     out = {source: {user: [item for item, _ in ranked] for user, ranked in by_user.items()}
            for source, by_user in stage.lists.items()}
     out["cascade"] = {r.user: cascade(stage.served(r), sources, k) for r in stage.requests}
-    out["fusion"] = {r.user: [item for item, _, _ in model.rank(stage.served(r), r.context)] for r in stage.requests}
+    out["fusion"] = {r.user: [item for item, _, _ in model.rank(stage.asked(r, model), r.context)] for r in stage.requests}
+    out[EVERY_SOURCE] = {r.user: [item for item, _, _ in model.rank(stage.served(r), r.context)] for r in stage.requests}
     return out
 
 

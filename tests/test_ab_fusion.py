@@ -6,13 +6,14 @@ The HTTP path (a share changed by `serve deploy`, fusion served end to end) is t
 from __future__ import annotations
 
 import pytest
+import torch
 
 from deployments.caches import CatalogSnapshot, ItemMeta, PerUserCache, SeenItems
 from deployments.contract import Candidate, ModelStatus
 from deployments.ingress import Ingress, IngressConfig, IngressUserConfig, ServedFusion
 from deployments.schemas import RecommendBatchRequest, RecommendRequest
 from fusion.assignment import ABSettings, assign, bucket
-from fusion.ranker import AttentionFusion
+from fusion.ranker import CONTEXT_FEATURES, AttentionFusion, FusionContext, sources_worth_asking
 from tests.ingress_stand_ins import Counter, Method, fields_of_422, run
 
 USERS = [f"user-{n}" for n in range(10_000)]
@@ -129,6 +130,57 @@ def test_a_failing_source_gets_no_weight_and_the_others_still_serve():
     assert outcomes == {"tgn": "served", "lightgcn": "error", "popularity": "served", "fusion": "served"}
     assert all("lightgcn" not in item.contributions for item in response.items)
     assert ingress.metrics.fallthroughs.counts[(("arm", "fusion"), ("reason", "error"), ("stage", "lightgcn"))] == 1
+
+
+def ranker_ignoring(source: str) -> AttentionFusion:
+    """A ranker whose attention gives `source` a weight near 0 in every context (and the others equal shares)."""
+    ranker = AttentionFusion(SOURCES)
+    with torch.no_grad():
+        ranker.query[-1].weight.zero_()
+        ranker.query[-1].bias.fill_(1.0)
+        ranker.keys.zero_()
+        ranker.keys[SOURCES.index(source)] = -40.0  # logit -10 against 0: weight e^-10 of the others'
+    return ranker
+
+
+def test_a_source_the_ranker_hardly_weighs_is_not_asked():
+    ingress = fusion_ingress()
+    ingress.fusion = ServedFusion("f1", ranker_ignoring("lightgcn"), 5)
+    response = run(ingress.recommend(RecommendRequest(user_id="u1", k=3)))
+    outcomes = {a.model: a.outcome for a in response.models_tried}
+    assert outcomes == {"tgn": "served", "lightgcn": "low_weight", "popularity": "served", "fusion": "served"}
+    assert ingress.models["lightgcn"].recommend.calls == []
+    assert all("lightgcn" not in item.contributions for item in response.items)
+    assert ingress.metrics.fallthroughs.counts[(("arm", "fusion"), ("reason", "low_weight"), ("stage", "lightgcn"))] == 1
+    # 0 turns the pruning off (the user_config's fusion_min_source_weight).
+    ingress.ab = IngressUserConfig(fusion_share=1.0, fusion_min_source_weight=0.0)
+    response = run(ingress.recommend(RecommendRequest(user_id="u2", k=3)))
+    assert all(a.outcome == "served" for a in response.models_tried)
+
+
+def test_tgn_is_asked_when_only_an_active_session_would_weigh_it():
+    """Whether the session is active shows only in TGN's answer, so TGN counts with the weight an active
+    session would give it."""
+    ranker = AttentionFusion(SOURCES)
+    session = CONTEXT_FEATURES.index("session_active")
+    with torch.no_grad():
+        ranker.query[0].weight.zero_()
+        ranker.query[0].bias.zero_()
+        ranker.query[0].weight[0, session] = 5.0  # query unit 0: on only with a session
+        ranker.query[0].bias[1] = 1.0  # query unit 1: always on
+        ranker.query[2].weight.zero_()
+        ranker.query[2].weight[0, 0] = ranker.query[2].weight[1, 1] = 1.0
+        ranker.query[2].bias.zero_()
+        ranker.keys.zero_()
+        ranker.keys[SOURCES.index("tgn")] = torch.tensor([40.0, -40.0] + [0.0] * (ranker.attention_dim - 2))
+    no_session = FusionContext(history_length=5)
+    answered = torch.tensor([[True, True, True]])
+    assert ranker.attention(no_session.features()[None], answered)[0, 0] < 0.02
+    with_session = FusionContext(history_length=5, session_active=True)
+    assert ranker.attention(with_session.features()[None], answered)[0, 0] > 0.5
+    assert sources_worth_asking(ranker, no_session, SOURCES, 0.02) == set(SOURCES)
+    # A source the ranker was not trained with is never asked; nor is one not available.
+    assert sources_worth_asking(ranker, no_session, ["content", "popularity"], 0.02) == {"popularity"}
 
 
 def test_without_a_fusion_artifact_the_fusion_arm_serves_the_cascade_and_says_so():
