@@ -82,7 +82,8 @@ def main() -> int:
     machine = (f"{platform.machine()}, {os.cpu_count()} cores, torch {torch.__version__}, "
                f"{torch.get_num_threads()} thread(s)")
     results = {m: run.metrics[m] for m in ORDER if m in run.metrics}
-    history = [{"epoch": h["epoch"], "loss": h["train_loss"], "held-out loss": h["validation_loss"]}
+    history = [{"epoch": h["epoch"], "loss": h["train_loss"], "held-out loss": h["validation_loss"],
+                **({"held-out ndcg@20": h["validation_ndcg@20"]} if "validation_ndcg@20" in h else {})}
                for h in run.training.history]
     report = {
         "dataset": args.dataset,

@@ -31,6 +31,9 @@ from stores.postgres import Database
 from stores.settings import get_settings
 
 
+NOT_CALLED = ("not_loaded", "unhealthy", "low_weight")  # outcomes of a stage the ingress did not call
+
+
 def percentiles(samples: list[float]) -> tuple[float, float]:
     return float(np.percentile(samples, 50)), float(np.percentile(samples, 99))
 
@@ -79,17 +82,20 @@ def print_ratio_rows(lead: str, samples: dict[str, list[float]], flags: dict[str
               f"{p50 / floor50:.2f}x | {p99 / floor99:.2f}x | {share} |", flush=True)
 
 
-def topology(base: str, bodies: list[dict]) -> tuple[int, bool]:
-    """(model calls, in parallel?) that the real app made for these requests: the no-op app repeats it.
-    The cascade calls its loaded stages one after another until one fills k (the most common count is
-    taken); fusion calls every loaded source at once."""
-    counts, parallel = [], False
+def topology(base: str, bodies: list[dict]) -> tuple[int, bool, dict[str, list[float]]]:
+    """(model calls, in parallel?, each stage's latencies) that the real app made for these requests: the
+    no-op app repeats the calls. The cascade calls its loaded stages one after another until one fills k
+    (the most common count is taken); fusion calls the loaded sources it weighs at once."""
+    counts, parallel, stages = [], False, {}
     for body in bodies:
         answer = requests.post(f"{base}/v1/recommend", json=body, timeout=30).json()
-        called = [a for a in answer["models_tried"] if a["outcome"] not in ("not_loaded", "unhealthy") and a["model"] != "fusion"]
+        called = [a for a in answer["models_tried"] if a["outcome"] not in NOT_CALLED and a["model"] != "fusion"]
         counts.append(max(1, len(called)))
         parallel = answer["strategy"] == "fusion"
-    return statistics.mode(counts), parallel
+        for attempt in answer["models_tried"]:
+            if attempt["outcome"] not in NOT_CALLED:
+                stages.setdefault(f"{attempt['model']} ({attempt['outcome']})", []).append(attempt["latency_ms"])
+    return statistics.mode(counts), parallel, stages
 
 
 def main() -> None:
@@ -123,12 +129,13 @@ def main() -> None:
               "one distinct user per cold request; warm = the same requests repeated\n")
         print("| strategy | clients | caches | app | p50 ms | p99 ms | mean ms | p50 ratio | p99 ratio | hits |")
         print("|---|---:|---|---|---:|---:|---:|---:|---:|---:|")
+        breakdown: dict[str, dict[str, list[float]]] = {}
         for strategy in args.strategies:
             def bodies(n: int) -> list[dict]:
                 return [{"user_id": str(next(users)), "k": 10, "strategy": strategy} for _ in range(n)]
 
             warm_up = bodies(warmup)
-            calls, parallel = topology(base, warm_up)
+            calls, parallel, breakdown[strategy] = topology(base, warm_up)
             urls = {"recserve": f"{base}/v1/recommend",
                     "no-op floor": f"{base}/noop/v1/recommend?calls={calls}&parallel={str(parallel).lower()}"}
             timed_run(urls, warm_up, 1)  # connections and replicas warm (these users are not measured after)
@@ -138,6 +145,9 @@ def main() -> None:
                 for phase in args.phases:
                     samples, cached = timed_run(urls, fresh, clients, prime="recserve" if phase == "warm" else None)
                     print_ratio_rows(f"{strategy} ({shape}) | {clients} | {phase}", samples, cached)
+        print(f"\nEach stage's p50 ms as the ingress timed it, over the {warmup} sequential warm-up requests:")
+        for strategy, stages in breakdown.items():
+            print(f"- {strategy}: " + ", ".join(f"{name} {statistics.median(v):.1f}" for name, v in stages.items()))
     finally:
         serving.stop()
 

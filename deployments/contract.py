@@ -47,6 +47,11 @@ class ModelQuery(BaseModel):
     k: int = 10
     exclude_ids: list[str] = Field(default_factory=list)
     filters: Filters = Field(default_factory=Filters)
+    session_only: bool = Field(
+        default=True,
+        description="TGN: answer only within an active session (the cascade's rule); fusion asks with false and "
+        "weighs the session itself",
+    )
 
     @property
     def session_key(self) -> str | None:
@@ -54,6 +59,12 @@ class ModelQuery(BaseModel):
         if self.user_id is None and self.session_id is None:
             return None
         return session_key(self.user_id, self.session_id)
+
+
+# TGN's reasons. Fusion tells from them whether TGN's answer came from an active session.
+TGN_SESSION_REASON = "follows your current session"
+TGN_SESSION_ITEMS_REASON = "follows the items in your session"
+TGN_HISTORY_REASON = "follows your recent activity"  # no active session; only for session_only=False
 
 
 class Candidate(BaseModel):

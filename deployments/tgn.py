@@ -17,7 +17,9 @@ restarted replica gets back to the same state: no routing by user is needed, and
   node's last update are applied at that time (see `TGNRecommender.observe`).
 - A known user or tracked anonymous session is answered only while its session is active; other
   requests get an empty list, so the cascade moves on. An anonymous request with `session_items` is
-  answered from the items the model knows.
+  answered from the items the model knows. Fusion asks with `session_only=False`: a known user out of
+  session is then answered from memory too, with a reason that says so (TGN_HISTORY_REASON), and the
+  fusion ranker weighs the answer by whether the session is active.
 """
 
 from __future__ import annotations
@@ -34,7 +36,15 @@ import torch
 from pydantic import Field
 from ray import serve
 
-from deployments.contract import ArtifactModel, Candidate, ModelQuery, ModelUserConfig
+from deployments.contract import (
+    TGN_HISTORY_REASON,
+    TGN_SESSION_ITEMS_REASON,
+    TGN_SESSION_REASON,
+    ArtifactModel,
+    Candidate,
+    ModelQuery,
+    ModelUserConfig,
+)
 from graph_builders.edge_weights import EdgeWeights
 from graph_builders.temporal import event_messages
 from models.item_index import ItemIndex
@@ -189,16 +199,20 @@ class LiveTGN:
 
     def query_vector(self, query: ModelQuery, now: datetime, at: datetime) -> tuple[torch.Tensor, str] | None:
         """The query's vector at time `at` (the request's context time, else now) and why; None when the
-        model has nothing to go on: no active session at `now` and no known session items."""
+        model has nothing to go on: no active session at `now` (unless `query.session_only` is false and
+        the model knows the user) and no known session items."""
         key = query.session_key
         query_t = torch.tensor([_seconds(at)])
-        if key is not None and key in self.nodes and self.sessions.active(key, now):
-            return self.model.user_queries(torch.tensor([self.nodes[key]]), query_t), "follows your current session"
+        known_key = key is not None and key in self.nodes
+        if known_key and self.sessions.active(key, now):
+            return self.model.user_queries(torch.tensor([self.nodes[key]]), query_t), TGN_SESSION_REASON
         known = self.items.indices(query.session_items)
         if query.user_id is None and known:
             # Named items carry no type or time: each counts as a click, now.
             t, msg = query_t.expand(len(known)), self.click_message.expand(len(known), -1)
-            return self.model.session_query(torch.tensor(known), t, msg, query_t), "follows the items in your session"
+            return self.model.session_query(torch.tensor(known), t, msg, query_t), TGN_SESSION_ITEMS_REASON
+        if known_key and not query.session_only:
+            return self.model.user_queries(torch.tensor([self.nodes[key]]), query_t), TGN_HISTORY_REASON
         return None
 
     @torch.no_grad()

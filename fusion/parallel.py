@@ -2,8 +2,9 @@
 attention-fusion ranker merge what came back.
 
 A source that errors, times out, is not loaded or answers nothing simply has no list; the ranker's
-attention is a softmax over the sources that did answer, so the others take its weight. TGN answers
-only while the user's session is active, which is how the ranker learns that a session is active.
+attention is a softmax over the sources that did answer, so the others take its weight. TGN is asked
+with `session_only=False`: it answers a known user whatever the session, and its reason says whether
+the answer came from an active session, which is how the ranker learns that a session is active.
 
 A source the ranker would hardly weigh in this request's context is not asked at all (outcome
 `low_weight`): its contribution could barely move the ranking, and on a busy machine its model call
@@ -17,7 +18,7 @@ import dataclasses
 import logging
 import time
 
-from deployments.contract import Candidate, ModelQuery, StageAttempt
+from deployments.contract import TGN_HISTORY_REASON, Candidate, ModelQuery, StageAttempt
 from fusion.cascade import CascadeResult, Stage
 from fusion.ranker import MIN_SOURCE_WEIGHT, SESSION_SOURCE, AttentionFusion, FusionContext, sources_worth_asking
 
@@ -45,18 +46,20 @@ async def run_fusion(
     context: FusionContext,
     min_source_weight: float = MIN_SOURCE_WEIGHT,
 ) -> CascadeResult:
-    """The ranker's top `needed` of the union of the stages' candidates (each asked for `query.k`);
-    the sources under `min_source_weight` in this context are not asked."""
+    """The ranker's top `needed` of the union of the stages' candidates (each asked for `query.k`, TGN
+    whatever the session); the sources under `min_source_weight` in this context are not asked."""
     started = time.perf_counter()
     available = [stage.name for stage in stages if stage.skip_reason is None]
     worth = sources_worth_asking(ranker, context, available, min_source_weight)
     stages = [stage if stage.skip_reason is not None or stage.name in worth
               else dataclasses.replace(stage, skip_reason="low_weight") for stage in stages]
     choosing_ms = _ms(started)
+    query = query.model_copy(update={"session_only": False})
     answers = await asyncio.gather(*(_ask(stage, query) for stage in stages))
     by_source = {stage.name: candidates for stage, (candidates, _) in zip(stages, answers) if candidates}
     lists = {name: [(c.item_id, c.score) for c in candidates] for name, candidates in by_source.items()}
-    context = dataclasses.replace(context, session_active=bool(lists.get(SESSION_SOURCE)))
+    session = by_source.get(SESSION_SOURCE, ())
+    context = dataclasses.replace(context, session_active=bool(session) and session[0].reason != TGN_HISTORY_REASON)
     originals = {name: {c.item_id: c for c in candidates} for name, candidates in by_source.items()}
     started = time.perf_counter()
     fused = []

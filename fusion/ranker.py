@@ -54,7 +54,7 @@ CONTEXT_FEATURES = (
 CONTEXT_DIM = len(CONTEXT_FEATURES)
 EVIDENCE_FEATURES = ("present", "score_z", "reciprocal_rank")
 EVIDENCE_DIM = len(EVIDENCE_FEATURES)
-SESSION_SOURCE = "tgn"  # it answers only while the user's session is active
+SESSION_SOURCE = "tgn"  # its answer tells whether the user's session is active
 # Sources under this attention weight, with the session active or not, are not asked (fusion/parallel.py).
 # On both offline datasets this changes no test figure (BENCHMARKS.md, "fusion (every source asked)").
 MIN_SOURCE_WEIGHT = 0.02
@@ -197,11 +197,11 @@ def sources_worth_asking(
     ranker: AttentionFusion, context: FusionContext, available: Sequence[str], min_weight: float = MIN_SOURCE_WEIGHT
 ) -> set[str]:
     """The `available` sources the ranker knows whose attention weight reaches `min_weight` in `context`,
-    with the session active (TGN answers) or not (it does not): which of the two holds shows only once
-    TGN has answered. 0 asks every source the ranker knows."""
+    with the session active or not: which of the two holds shows only once TGN has answered. 0 asks
+    every source the ranker knows."""
     best = torch.zeros(len(ranker.sources))
+    answered = torch.tensor([s in available for s in ranker.sources])
     for session in (False, True):
-        answered = torch.tensor([s in available and (session or s != SESSION_SOURCE) for s in ranker.sources])
         features = dataclasses.replace(context, session_active=session).features()
         best = torch.maximum(best, ranker.attention(features[None], answered[None])[0])
     return {s for s, weight in zip(ranker.sources, best.tolist()) if s in available and weight >= min_weight}

@@ -14,9 +14,10 @@ evaluated period:
     session_active  their last earlier event is at most `session_gap_s` (1800 s) before it
     device          the device of their last earlier event (None when it has none, or there is none)
 
-TGN gives its list only with an active session, as at serving (the cascade's TGN stage; fusion/parallel.py
-takes "TGN answered" as "session active"). Every source is frozen at the cutoff; TGN's query time is the
-request's, but its memory holds no event after the cutoff.
+TGN gives the cascade its list only with an active session, as at serving (the cascade's TGN stage). Fusion
+gets TGN's list whatever the session, as fusion/parallel.py asks TGN, and `session_active` in the context.
+Every source is frozen at the cutoff; TGN's query time is the request's, but its memory holds no event
+after the cutoff.
 
 Stacking, with no period used twice:
 
@@ -332,17 +333,22 @@ class StageLists:
     lists: dict[str, dict[str, Ranked]]  # source -> user -> ranked
     seconds: dict[str, float]  # source -> fit and list seconds
 
-    def served(self, request: Request) -> dict[str, Ranked]:
-        """What the cascade and the ranker get for `request`: TGN's list only with an active session."""
-        return {source: by_user[request.user] for source, by_user in self.lists.items()
-                if request.user in by_user and (source != SESSION_SOURCE or request.context.session_active)}
+    def cascaded(self, request: Request) -> dict[str, Ranked]:
+        """What the cascade gets for `request`: TGN's list only with an active session."""
+        return {source: ranked for source, ranked in self.fused(request).items()
+                if source != SESSION_SOURCE or request.context.session_active}
+
+    def fused(self, request: Request) -> dict[str, Ranked]:
+        """What the ranker gets for `request` when it asks every source: each list there is for the user
+        (TGN's whatever the session, as fusion asks it; the context says whether the session is active)."""
+        return {source: by_user[request.user] for source, by_user in self.lists.items() if request.user in by_user}
 
     def asked(self, request: Request, model: AttentionFusion, min_weight: float = MIN_SOURCE_WEIGHT) -> dict[str, Ranked]:
-        """What the served ranker gets: `served`, less the sources it does not ask in this context
-        (fusion/parallel.py; every source that has a list for the user counts as loaded)."""
-        available = [source for source, by_user in self.lists.items() if request.user in by_user]
-        worth = sources_worth_asking(model, request.context, available, min_weight)
-        return {source: ranked for source, ranked in self.served(request).items() if source in worth}
+        """What the served ranker gets: `fused`, less the sources it does not ask in this context
+        (fusion/parallel.py)."""
+        lists = self.fused(request)
+        worth = sources_worth_asking(model, request.context, list(lists), min_weight)
+        return {source: ranked for source, ranked in lists.items() if source in worth}
 
 
 def fit_sources(period: FitPeriod, requests: list[Request], data: TrainingData, options: FusionOptions,
@@ -387,9 +393,9 @@ def rankings(stage: StageLists, model: AttentionFusion, sources: Sequence[str], 
     under the attention threshold not asked) and with every source asked."""
     out = {source: {user: [item for item, _ in ranked] for user, ranked in by_user.items()}
            for source, by_user in stage.lists.items()}
-    out["cascade"] = {r.user: cascade(stage.served(r), sources, k) for r in stage.requests}
+    out["cascade"] = {r.user: cascade(stage.cascaded(r), sources, k) for r in stage.requests}
     out["fusion"] = {r.user: [item for item, _, _ in model.rank(stage.asked(r, model), r.context)] for r in stage.requests}
-    out[EVERY_SOURCE] = {r.user: [item for item, _, _ in model.rank(stage.served(r), r.context)] for r in stage.requests}
+    out[EVERY_SOURCE] = {r.user: [item for item, _, _ in model.rank(stage.fused(r), r.context)] for r in stage.requests}
     return out
 
 
@@ -427,7 +433,7 @@ def attention_groups(model: AttentionFusion, stages: Sequence[StageLists]) -> di
     groups: dict[str, list[Tensor]] = {}
     for stage in stages:
         for request in stage.requests:
-            _, _, answered = evidence(stage.served(request), model.sources)
+            _, _, answered = evidence(stage.asked(request, model), model.sources)
             with torch.no_grad():
                 weights = model.attention(request.context.features()[None], answered[None])[0]
             history = request.context.history_length
@@ -476,7 +482,7 @@ def run_fusion(data: TrainingData, options: FusionOptions, text: TextVectors | N
                           data, options, text, "stage A")
     examples, example_requests = [], []
     for request in stage_a.requests:
-        example = FusionExample.build(stage_a.served(request), request.context, set(request.positives), options.sources)
+        example = FusionExample.build(stage_a.fused(request), request.context, set(request.positives), options.sources)
         if example is not None:
             examples.append(example)
             example_requests.append(request)
@@ -504,7 +510,7 @@ def run_fusion(data: TrainingData, options: FusionOptions, text: TextVectors | N
     metrics["item-knn"] = baselines["item-knn"]
 
     def served_share(stage: StageLists, source: str) -> int:
-        return sum(source in stage.served(r) for r in stage.requests)
+        return sum(source in stage.asked(r, model) for r in stage.requests)
 
     summary = {
         "validation users (stage A)": len(stage_a.requests),
@@ -542,7 +548,8 @@ def train_fusion_artifact(data: TrainingData, artifacts: ArtifactStore, override
         run.training.model.save(folder, candidates_per_source=options.candidates_per_source,
                                 session_gap_s=options.session_gap_s)
 
-    history = [{"epoch": h["epoch"], "loss": h["train_loss"], "held-out loss": h["validation_loss"]}
+    history = [{"epoch": h["epoch"], "loss": h["train_loss"], "held-out loss": h["validation_loss"],
+                **({"held-out ndcg@20": h["validation_ndcg@20"]} if "validation_ndcg@20" in h else {})}
                for h in run.training.history]
     attention = {group: ", ".join(f"{s} {weights[s]:.2f}" for s in options.sources) + f" ({weights['requests']} requests)"
                  for group, weights in run.attention.items()}

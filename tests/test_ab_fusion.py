@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from deployments.caches import CatalogSnapshot, ItemMeta, PerUserCache, SeenItems
-from deployments.contract import Candidate, ModelStatus
+from deployments.contract import TGN_HISTORY_REASON, Candidate, ModelStatus
 from deployments.ingress import Ingress, IngressConfig, IngressUserConfig, ServedFusion
 from deployments.schemas import RecommendBatchRequest, RecommendRequest
 from fusion.assignment import ABSettings, assign, bucket
@@ -181,6 +181,28 @@ def test_tgn_is_asked_when_only_an_active_session_would_weigh_it():
     assert sources_worth_asking(ranker, no_session, SOURCES, 0.02) == set(SOURCES)
     # A source the ranker was not trained with is never asked; nor is one not available.
     assert sources_worth_asking(ranker, no_session, ["content", "popularity"], 0.02) == {"popularity"}
+
+
+class ContextSpy(AttentionFusion):
+    """A ranker that records the context of each request it ranks."""
+
+    def rank(self, lists, context, limit=None):
+        self.contexts = [*getattr(self, "contexts", []), context]
+        return super().rank(lists, context, limit)
+
+
+@pytest.mark.parametrize(("reason", "active"), [("follows your current session", True), (TGN_HISTORY_REASON, False)])
+def test_fusion_asks_tgn_whatever_the_session_and_reads_the_session_from_its_reason(reason, active):
+    tgn = [Candidate(item_id="i1", score=1.0, source="tgn", reason=reason)]
+    ingress = fusion_ingress(tgn=Model(tgn))
+    ingress.fusion = ServedFusion("f1", ContextSpy(SOURCES), 5)
+    response = run(ingress.recommend(RecommendRequest(user_id="u1", k=3)))
+    assert "i1" in [item.item_id for item in response.items]
+    assert ingress.models["tgn"].recommend.calls[0].session_only is False
+    assert ingress.fusion.ranker.contexts[0].session_active is active
+    # The cascade keeps the session rule.
+    cascade = run(ingress.recommend(RecommendRequest(user_id="u2", k=3, strategy="cascade")))
+    assert cascade.strategy == "cascade" and ingress.models["tgn"].recommend.calls[1].session_only is True
 
 
 def test_without_a_fusion_artifact_the_fusion_arm_serves_the_cascade_and_says_so():

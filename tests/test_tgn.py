@@ -175,6 +175,30 @@ def test_live_state_applies_a_repeated_or_late_read_event_once():
     assert [i.item_id for i in live.sessions.state("u1", now).items] == ["i1", "i2", "i3"]
 
 
+def test_a_user_out_of_session_is_answered_only_when_the_query_allows_it():
+    """The cascade asks TGN with session_only (an idle user gets nothing, so it moves on); fusion asks
+    without it and gets the user's memory, with a reason saying there was no active session."""
+    from datetime import UTC, datetime, timedelta
+
+    from deployments.contract import TGN_HISTORY_REASON, TGN_SESSION_REASON, ModelQuery
+    from deployments.tgn import LiveTGN
+    from graph_builders.edge_weights import EdgeWeights
+    from models.item_index import ItemIndex
+    from stores.event_store import StoredEventRow
+
+    items = ItemIndex([f"i{n}" for n in range(NUM_ITEMS)], [None] * NUM_ITEMS, [None] * NUM_ITEMS)
+    live = LiveTGN(small_model(), items, {}, EdgeWeights(), applied_through=0)
+    now = datetime.now(UTC)
+    clicked = now - timedelta(hours=2)
+    live.apply([StoredEventRow(1, "u1", "i1", None, "click", None, None, clicked)])
+    assert live.rank(ModelQuery(user_id="u1", k=3), now) == []
+    answer = live.rank(ModelQuery(user_id="u1", k=3, session_only=False), now)
+    assert len(answer) == 3 and {c.reason for c in answer} == {TGN_HISTORY_REASON}
+    assert live.rank(ModelQuery(user_id="stranger", k=3, session_only=False), now) == []
+    in_session = live.rank(ModelQuery(user_id="u1", k=3, session_only=False), clicked + timedelta(minutes=5))
+    assert {c.reason for c in in_session} == {TGN_SESSION_REASON}
+
+
 def test_case_log_marks_returning_events_with_their_session_prefix():
     from pipelines.tgn import CaseLog
 
