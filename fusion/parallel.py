@@ -23,6 +23,8 @@ from fusion.cascade import CascadeResult, Stage
 from fusion.ranker import MIN_SOURCE_WEIGHT, SESSION_SOURCE, AttentionFusion, FusionContext, sources_worth_asking
 
 log = logging.getLogger(__name__)
+
+
 async def _ask(stage: Stage, query: ModelQuery) -> tuple[list[Candidate], StageAttempt]:
     if stage.skip_reason is not None:
         return [], StageAttempt(model=stage.name, outcome=stage.skip_reason, latency_ms=0.0)

@@ -1,6 +1,6 @@
 """`make capacity`: the highest Locust load at which every budget holds, found by stepping the users up.
 
-    python -m loadtests.capacity [--users 16 24 32 48] [--step-time 2m] [--confirm-time 5m] [--fusion-share S]
+    python -m loadtests.capacity [--users 16 24 32 48 64] [--step-time 2m] [--confirm-time 5m] [--fusion-share S]
                                  [--host URL] [--namespace demo] [--out reports/capacity]
 
 It starts the app once (or uses `--host`), then runs Locust headless at each user count in turn, each step

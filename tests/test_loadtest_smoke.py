@@ -9,6 +9,7 @@ import sys
 
 import pytest
 
+from loadtests.capacity import measure
 from loadtests.run import Budget, check
 from pipelines.training import train_model
 from tests.serve_process import demo_namespace, free_port, serve_env
@@ -51,6 +52,23 @@ def test_a_broken_budget_is_reported_and_fails(tmp_path):
     assert verdicts[("/v1/search", "requests")] == "not exercised"
     rows, ok = check({"/v1/interactions": Budget(p50=50, p95=100, p99=200, error_rate=0.05)}, stats)
     assert ok
+
+
+def test_a_capacity_step_counts_each_request_once_and_names_what_broke(tmp_path):
+    stats = tmp_path / "run_stats.csv"
+    with open(stats, "w", newline="") as f:
+        writer = csv.writer(f)
+        writer.writerow(["Type", "Name", "Request Count", "Failure Count", "50%", "95%", "99%", "Requests/s"])
+        writer.writerow(["POST", "/v1/recommend", "100", "0", "40", "90", "300", "10.0"])
+        writer.writerow(["ARM", "recommend [cascade]", "100", "0", "40", "90", "300", "10.0"])  # the same requests
+        writer.writerow(["POST", "/v1/interactions", "50", "0", "120", "200", "300", "5.0"])
+        writer.writerow(["", "Aggregated", "250", "0", "40", "90", "300", "25.0"])
+    budget = Budget(p50=100, p95=400, p99=800, error_rate=0.0)
+    rows, held = check({"/v1/recommend": budget, "/v1/interactions": budget}, stats)
+    step = measure(32, stats, rows, held)
+    assert (step.requests, step.requests_per_s, step.failures) == (150, 15.0, 0)
+    assert step.recommend_ms == (40.0, 90.0, 300.0)
+    assert not step.held and step.broken == ["/v1/interactions p50"]
 
 
 def test_a_drill_counts_errors_until_recovery_and_refusals_apart():
