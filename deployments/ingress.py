@@ -73,8 +73,8 @@ from deployments.schemas import (
 )
 from fusion.assignment import OVERRIDE_ARM, ABSettings, assign
 from fusion.cascade import CascadeResult, Stage, run_cascade
-from fusion.parallel import MIN_SOURCE_WEIGHT, run_fusion
-from fusion.ranker import AttentionFusion, FusionContext, read_config
+from fusion.parallel import run_fusion
+from fusion.ranker import MIN_SOURCE_WEIGHT, AttentionFusion, FusionContext, read_config
 from models.sessions import session_key
 from stores.artifacts import ArtifactNotFound, ArtifactStore
 from stores.event_store import EventRow, EventStore
@@ -451,8 +451,7 @@ class Ingress:
             device=request.context.device,
             time=request.context.time or datetime.now(UTC),
         )
-        source_query = query.model_copy(update={"k": max(needed, per_source)})
-        result = await run_fusion(stages, source_query, needed, ranker, context, self.ab.fusion_min_source_weight)
+        result = await run_fusion(stages, query, needed, ranker, context, per_source, self.ab.fusion_min_source_weight)
         return result, "fusion"
 
     async def _enriched(self, page: list[Candidate], arm: str) -> tuple[list[RecommendedItem], bool]:

@@ -46,17 +46,19 @@ async def run_fusion(
     needed: int,
     ranker: AttentionFusion,
     context: FusionContext,
+    per_source: int,
     min_source_weight: float = MIN_SOURCE_WEIGHT,
 ) -> CascadeResult:
-    """The ranker's top `needed` of the union of the stages' candidates (each asked for `query.k`, TGN
-    whatever the session); the sources under `min_source_weight` in this context are not asked."""
+    """The ranker's top `needed` of the union of the stages' candidates. Each source is asked for
+    `per_source` items (the list length the ranker was trained on; at least `needed`), TGN whatever the
+    session; the sources under `min_source_weight` in this context are not asked."""
     started = time.perf_counter()
     available = [stage.name for stage in stages if stage.skip_reason is None]
     worth = sources_worth_asking(ranker, context, available, min_source_weight)
     stages = [stage if stage.skip_reason is not None or stage.name in worth
               else dataclasses.replace(stage, skip_reason="low_weight") for stage in stages]
     choosing_ms = _ms(started)
-    query = query.model_copy(update={"session_only": False})
+    query = query.model_copy(update={"k": max(needed, per_source), "session_only": False})
     answers = await asyncio.gather(*(_ask(stage, query) for stage in stages))
     by_source = {stage.name: candidates for stage, (candidates, _) in zip(stages, answers) if candidates}
     lists = {name: [(c.item_id, c.score) for c in candidates] for name, candidates in by_source.items()}

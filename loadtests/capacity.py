@@ -16,12 +16,11 @@ from __future__ import annotations
 import argparse
 import csv
 import sys
-from contextlib import nullcontext
 from dataclasses import dataclass
 from pathlib import Path
 
-from loadtests.run import HERE, Budgets, Profile, check, print_table, run_locust, set_fusion_share
-from stores.settings import REPO_ROOT, get_settings
+from loadtests.run import Budgets, Profile, app_under_load, check, parse_load_args, print_table, run_locust
+from stores.settings import REPO_ROOT
 
 
 @dataclass
@@ -78,39 +77,21 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--users", type=int, nargs="+", default=[16, 24, 32, 48, 64])
     parser.add_argument("--step-time", default="2m")
     parser.add_argument("--confirm-time", default="5m", help="the last step that held, run again this long; 0 skips it")
-    parser.add_argument("--budgets", type=Path, default=HERE / "budgets.yaml")
-    parser.add_argument("--host", help="an app already running; default: start one")
-    parser.add_argument("--namespace", default=None)
-    parser.add_argument("--port", type=int, default=8000)
-    parser.add_argument("--fusion-share", type=float, help="A/B share of the fusion arm (the app this starts)")
-    parser.add_argument("--out", type=Path, default=REPO_ROOT / "reports" / "capacity")
-    args = parser.parse_args(argv)
+    args = parse_load_args(parser, argv, REPO_ROOT / "reports" / "capacity")
     if args.users != sorted(set(args.users)):
         parser.error("--users must be increasing")
-    if args.fusion_share is not None and args.host:
-        parser.error("--fusion-share applies to the app this run starts; for --host use `recserve ab`")
     config = Budgets.read(args.budgets)
-    settings = get_settings()
-    if args.namespace:
-        settings = settings.model_copy(update={"namespace": args.namespace})
-
-    from pipelines import serving
-
     steps: list[Step] = []
-    app = nullcontext() if args.host else serving.running(settings, http_port=args.port)
-    with app:
-        host = args.host or f"http://127.0.0.1:{args.port}"
-        if args.fusion_share is not None:
-            set_fusion_share(host, args.fusion_share)
+    with app_under_load(args) as (host, namespace):
         for users in args.users:
-            steps.append(run_step(host, users, args.step_time, args.out / f"{users}u", config, settings.namespace))
+            steps.append(run_step(host, users, args.step_time, args.out / f"{users}u", config, namespace))
             if not steps[-1].held:
                 break
         held = [s for s in steps if s.held]
         confirmed = None
         if held and args.confirm_time not in ("0", "0s", "0m"):
             confirmed = run_step(host, held[-1].users, args.confirm_time, args.out / f"{held[-1].users}u-confirm",
-                                 config, settings.namespace)
+                                 config, namespace)
     print(f"\n== steps of {args.step_time}" + (f", then {held[-1].users} users again for {args.confirm_time}" if confirmed else ""))
     print_steps(steps + ([confirmed] if confirmed else []))
     if not held:

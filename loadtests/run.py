@@ -16,7 +16,8 @@ import csv
 import subprocess
 import sys
 import time
-from contextlib import nullcontext
+from collections.abc import Iterator
+from contextlib import contextmanager, nullcontext
 from pathlib import Path
 
 import requests
@@ -108,35 +109,49 @@ def set_fusion_share(host: str, share: float, timeout_s: float = 60) -> None:
         time.sleep(0.5)
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--profile", default="smoke")
+def parse_load_args(parser: argparse.ArgumentParser, argv: list[str] | None, out: Path) -> argparse.Namespace:
+    """Add the options every load runner shares (budgets, the app under load, its A/B share, the reports
+    folder, default `out`) to `parser`, and parse `argv`."""
     parser.add_argument("--budgets", type=Path, default=HERE / "budgets.yaml")
     parser.add_argument("--host", help="an app already running; default: start one")
     parser.add_argument("--namespace", default=None)
     parser.add_argument("--port", type=int, default=8000)
     parser.add_argument("--fusion-share", type=float, help="A/B share of the fusion arm for this run (the app this starts)")
-    parser.add_argument("--out", type=Path, default=REPO_ROOT / "reports" / "loadtest")
-    parser.add_argument("user_classes", nargs="*", help="locustfile user classes to run (default: all)")
+    parser.add_argument("--out", type=Path, default=out)
     args = parser.parse_args(argv)
-    config = Budgets.read(args.budgets)
     if args.fusion_share is not None and args.host:
         parser.error("--fusion-share applies to the app this run starts; for --host use `recserve ab`")
-    if args.profile not in config.profiles:
-        parser.error(f"unknown profile {args.profile!r} in {args.budgets}; known: {sorted(config.profiles)}")
+    return args
+
+
+@contextmanager
+def app_under_load(args: argparse.Namespace) -> Iterator[tuple[str, str]]:
+    """(host, namespace) of the app to load: `--host`, or one started for `--namespace` (with `--fusion-share`
+    set) and stopped afterwards."""
     settings = get_settings()
     if args.namespace:
         settings = settings.model_copy(update={"namespace": args.namespace})
 
     from pipelines import serving
 
-    app = nullcontext() if args.host else serving.running(settings, http_port=args.port)
-    with app:
+    with nullcontext() if args.host else serving.running(settings, http_port=args.port):
         host = args.host or f"http://127.0.0.1:{args.port}"
         if args.fusion_share is not None:
             set_fusion_share(host, args.fusion_share)
+        yield host, settings.namespace
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--profile", default="smoke")
+    parser.add_argument("user_classes", nargs="*", help="locustfile user classes to run (default: all)")
+    args = parse_load_args(parser, argv, REPO_ROOT / "reports" / "loadtest")
+    config = Budgets.read(args.budgets)
+    if args.profile not in config.profiles:
+        parser.error(f"unknown profile {args.profile!r} in {args.budgets}; known: {sorted(config.profiles)}")
+    with app_under_load(args) as (host, namespace):
         print(f"== locust, profile {args.profile}: {config.profiles[args.profile].model_dump()} against {host}", flush=True)
-        returncode = run_locust(host, config.profiles[args.profile], args.out, settings.namespace, args.user_classes)
+        returncode = run_locust(host, config.profiles[args.profile], args.out, namespace, args.user_classes)
     rows, ok = check(config.budgets, args.out / "run_stats.csv")
     print_table(rows)
     print(f"\nreports: {args.out / 'report.html'}, {args.out / 'run_stats.csv'}")
