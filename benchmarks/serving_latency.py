@@ -3,6 +3,10 @@ no-op app of the same topology (the same number of model calls, one after anothe
 once for fusion), deployed on the same Serve instance and measured in the same run, interleaved.
 
     .venv/bin/python -m benchmarks.serving_latency [--namespace demo] [--requests 400] [--strategies cascade fusion]
+        [--cascade lightgcn popularity]
+
+`--cascade` replaces the ingress's cascade of serve_config.yaml for the run, e.g. to measure ingress ->
+LightGCN alone (LightGCN fills k for every known user, so the cascade makes one model call).
 
 Needs a namespace with trained models (`make demo` trains them all, fusion included). Sequential: one
 request after another. Concurrent: 8 client threads. The ratio real/no-op is the figure.
@@ -19,19 +23,21 @@ from __future__ import annotations
 
 import argparse
 import statistics
+import tempfile
 import time
 from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 
 import numpy as np
 import requests
+import yaml
 
+from deployments.contract import NOT_CALLED_OUTCOMES
+from deployments.ingress import IngressConfig
 from pipelines import serving
 from stores.event_store import EventStore
 from stores.postgres import Database
 from stores.settings import get_settings
-
-
-NOT_CALLED = ("not_loaded", "unhealthy", "low_weight")  # outcomes of a stage the ingress did not call
 
 
 def percentiles(samples: list[float]) -> tuple[float, float]:
@@ -89,13 +95,25 @@ def topology(base: str, bodies: list[dict]) -> tuple[int, bool, dict[str, list[f
     counts, parallel, stages = [], False, {}
     for body in bodies:
         answer = requests.post(f"{base}/v1/recommend", json=body, timeout=30).json()
-        called = [a for a in answer["models_tried"] if a["outcome"] not in NOT_CALLED and a["model"] != "fusion"]
+        called = [a for a in answer["models_tried"] if a["outcome"] not in NOT_CALLED_OUTCOMES and a["model"] != "fusion"]
         counts.append(max(1, len(called)))
         parallel = answer["strategy"] == "fusion"
         for attempt in answer["models_tried"]:
-            if attempt["outcome"] not in NOT_CALLED:
+            if attempt["outcome"] not in NOT_CALLED_OUTCOMES:
                 stages.setdefault(f"{attempt['model']} ({attempt['outcome']})", []).append(attempt["latency_ms"])
     return statistics.mode(counts), parallel, stages
+
+
+MODELS = IngressConfig().cascade
+
+
+def with_cascade(cascade: list[str], folder: Path) -> Path:
+    """A copy of serve_config.yaml whose ingress asks `cascade`, in that order."""
+    config = yaml.safe_load(serving.DEFAULT_CONFIG.read_text())
+    config["applications"][0]["args"]["ingress"]["cascade"] = cascade
+    path = folder / "serve_config.yaml"
+    path.write_text(yaml.safe_dump(config))
+    return path
 
 
 def main() -> None:
@@ -105,6 +123,7 @@ def main() -> None:
     parser.add_argument("--port", type=int, default=8011)
     parser.add_argument("--strategies", nargs="+", choices=["cascade", "fusion"], default=["cascade", "fusion"])
     parser.add_argument("--phases", nargs="+", choices=["cold", "warm"], default=["cold", "warm"])
+    parser.add_argument("--cascade", nargs="+", choices=MODELS, help="the ingress's cascade for this run")
     args = parser.parse_args()
     settings = get_settings()
     if args.namespace:
@@ -120,8 +139,10 @@ def main() -> None:
 
     from benchmarks.noop_app import noop_app
 
+    scratch = tempfile.TemporaryDirectory()
     try:
-        serving.start(settings, http_port=args.port)  # inside: a start that times out still stops Ray
+        config = serving.DEFAULT_CONFIG if not args.cascade else with_cascade(args.cascade, Path(scratch.name))
+        serving.start(settings, config, http_port=args.port)  # inside: a start that times out still stops Ray
         serve.run(noop_app, name="noop", route_prefix="/noop")
         base = f"http://127.0.0.1:{args.port}"
         print(f"/v1/recommend per strategy (forced with `strategy`) vs. a no-op ingress making the same model calls; "
@@ -150,6 +171,7 @@ def main() -> None:
             print(f"- {strategy}: " + ", ".join(f"{name} {statistics.median(v):.1f}" for name, v in stages.items()))
     finally:
         serving.stop()
+        scratch.cleanup()
 
 
 if __name__ == "__main__":

@@ -126,6 +126,10 @@ class StageAttempt(BaseModel):
     latency_ms: float
 
 
+# Outcomes of a stage the ingress did not call: it has no latency to report.
+NOT_CALLED_OUTCOMES = frozenset({"not_loaded", "unhealthy", "low_weight"})
+
+
 class ModelStatus(BaseModel):
     model: str
     loaded: bool

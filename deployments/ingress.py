@@ -27,11 +27,13 @@ from fastapi.responses import JSONResponse
 from pydantic import BaseModel, Field
 from ray import serve
 from ray.serve.handle import DeploymentHandle
-from starlette.middleware.base import BaseHTTPMiddleware
+from starlette.datastructures import Headers
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from deployments.admin import AdminRefused, TrainingJob, TrainingJobs, check_token
 from deployments.caches import CatalogSnapshot, ItemMeta, PerUserCache, SeenItems, result_variant
 from deployments.contract import (
+    NOT_CALLED_OUTCOMES,
     Candidate,
     Filters,
     LookupResult,
@@ -74,7 +76,7 @@ from deployments.schemas import (
 from fusion.assignment import OVERRIDE_ARM, ABSettings, assign
 from fusion.cascade import CascadeResult, Stage, run_cascade
 from fusion.parallel import run_fusion
-from fusion.ranker import MIN_SOURCE_WEIGHT, AttentionFusion, FusionContext, read_config
+from fusion.ranker import MIN_SOURCE_WEIGHT, AttentionFusion, FusionContext, FusionScorer, read_config
 from models.sessions import session_key
 from stores.artifacts import ArtifactNotFound, ArtifactStore
 from stores.event_store import EventRow, EventStore
@@ -134,25 +136,42 @@ api = FastAPI(
 )
 
 
-class BodySizeLimit(BaseHTTPMiddleware):
-    """Refuse oversized bodies before they are parsed (declared length or streamed)."""
+class BodySizeLimit:
+    """Refuse oversized bodies before they are parsed: a declared Content-Length over the limit at once,
+    a chunked body as soon as it passes the limit. Plain ASGI: starlette's BaseHTTPMiddleware would add
+    a task and a copy of the body to every request."""
 
-    def __init__(self, app, max_bytes: int):
-        super().__init__(app)
+    def __init__(self, app: ASGIApp, max_bytes: int):
+        self.app = app
         self.max_bytes = max_bytes
 
-    async def dispatch(self, request: Request, call_next):
-        declared = request.headers.get("content-length")
-        if declared is not None and declared.isdigit() and int(declared) > self.max_bytes:
-            return _too_large(self.max_bytes)
-        if request.method in ("POST", "PUT", "PATCH") and declared is None:
-            body = b""
-            async for chunk in request.stream():
-                body += chunk
-                if len(body) > self.max_bytes:
-                    return _too_large(self.max_bytes)
-            request._body = body  # starlette re-serves the buffered body to the endpoint
-        return await call_next(request)
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        headers = Headers(scope=scope) if scope["type"] == "http" else None
+        if headers is None or scope["method"] not in ("POST", "PUT", "PATCH"):
+            await self.app(scope, receive, send)
+            return
+        declared = headers.get("content-length")
+        if declared is not None:  # the server reads no more than the declared length
+            if declared.isdigit() and int(declared) > self.max_bytes:
+                await _too_large(self.max_bytes)(scope, receive, send)
+            else:
+                await self.app(scope, receive, send)
+            return
+        body, message = bytearray(), {"more_body": True}
+        while message.get("more_body", False):
+            message = await receive()
+            if message["type"] != "http.request":  # the client went away
+                return
+            body += message.get("body", b"")
+            if len(body) > self.max_bytes:
+                await _too_large(self.max_bytes)(scope, receive, send)
+                return
+        buffered = [{"type": "http.request", "body": bytes(body), "more_body": False}]
+
+        async def replay() -> Message:
+            return buffered.pop() if buffered else await receive()
+
+        await self.app(scope, replay, send)
 
 
 def _too_large(limit: int) -> JSONResponse:
@@ -201,7 +220,7 @@ class ServedFusion(NamedTuple):
     """The fusion ranker an ingress replica serves."""
 
     version: str
-    ranker: AttentionFusion
+    ranker: FusionScorer
     candidates_per_source: int  # what it asks each source for: the list length it was trained on
 
 
@@ -286,7 +305,7 @@ class Ingress:
         try:
             folder = self.artifacts.resolve("fusion", config.fusion_version)
             if self.fusion is None or self.fusion.version != folder.name:
-                ranker = await asyncio.to_thread(AttentionFusion.load, folder)
+                ranker = FusionScorer(await asyncio.to_thread(AttentionFusion.load, folder))
                 candidates = int(read_config(folder)["candidates_per_source"])  # what it was trained on
                 self.fusion = ServedFusion(folder.name, ranker, candidates)
         except ArtifactNotFound as missing:
@@ -396,7 +415,8 @@ class Ingress:
         else:
             result = await run_cascade(stages, query, needed)
         for attempt in result.attempts:
-            self.metrics.stage_latency.observe(attempt.latency_ms, tags={"stage": attempt.model, "arm": arm})
+            if attempt.outcome not in NOT_CALLED_OUTCOMES:
+                self.metrics.stage_latency.observe(attempt.latency_ms, tags={"stage": attempt.model, "arm": arm})
             if attempt.outcome != "served":
                 self.metrics.fallthroughs.inc(tags={"stage": attempt.model, "reason": attempt.outcome, "arm": arm})
         items, enriched = await self._enriched(result.candidates[request.offset : needed], arm)

@@ -82,7 +82,9 @@ class LightGCNDeployment(ArtifactModel[LoadedLightGCN]):
             return []
         return await self._recommend_batch(loaded, query)
 
-    @serve.batch(max_batch_size=32, batch_wait_timeout_s=0.002)
+    # No wait for a batch to fill: a lone request is answered at once, and under load the requests that
+    # queue while a batch is being scored form the next one anyway.
+    @serve.batch(max_batch_size=32, batch_wait_timeout_s=0.0)
     async def _recommend_batch(self, versions: list[LoadedLightGCN], queries: list[ModelQuery]) -> list[list[Candidate]]:
         results: list[list[Candidate]] = [[] for _ in queries]
         # Requests that straddle a hot swap carry different versions: rank each version's rows together.

@@ -20,7 +20,7 @@ import time
 
 from deployments.contract import TGN_HISTORY_REASON, Candidate, ModelQuery, StageAttempt
 from fusion.cascade import CascadeResult, Stage
-from fusion.ranker import MIN_SOURCE_WEIGHT, SESSION_SOURCE, AttentionFusion, FusionContext, sources_worth_asking
+from fusion.ranker import MIN_SOURCE_WEIGHT, SESSION_SOURCE, FusionContext, FusionScorer
 
 log = logging.getLogger(__name__)
 
@@ -44,7 +44,7 @@ async def run_fusion(
     stages: list[Stage],
     query: ModelQuery,
     needed: int,
-    ranker: AttentionFusion,
+    ranker: FusionScorer,
     context: FusionContext,
     per_source: int,
     min_source_weight: float = MIN_SOURCE_WEIGHT,
@@ -54,7 +54,7 @@ async def run_fusion(
     session; the sources under `min_source_weight` in this context are not asked."""
     started = time.perf_counter()
     available = [stage.name for stage in stages if stage.skip_reason is None]
-    worth = sources_worth_asking(ranker, context, available, min_source_weight)
+    worth = ranker.sources_worth_asking(context, available, min_source_weight)
     stages = [stage if stage.skip_reason is not None or stage.name in worth
               else dataclasses.replace(stage, skip_reason="low_weight") for stage in stages]
     choosing_ms = _ms(started)

@@ -28,6 +28,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
 
+import numpy as np
 import torch
 from torch import Tensor, nn
 
@@ -78,6 +79,10 @@ class FusionContext:
         return self.history_length == 0
 
     def features(self) -> Tensor:
+        return torch.from_numpy(self.feature_array())
+
+    def feature_array(self) -> np.ndarray:
+        """[CONTEXT_DIM] float32."""
         device = [0.0] * (len(DEVICES) + 1)
         if self.device is not None:
             name = self.device.lower()
@@ -90,29 +95,35 @@ class FusionContext:
             clock = [0.0, 0.0, 0.0]
         history = math.log1p(self.history_length) / math.log1p(HISTORY_SCALE)
         values = [history, float(self.session_active), float(self.cold_start), *device, *clock]
-        return torch.tensor(values, dtype=torch.float32)
+        return np.array(values, dtype=np.float32)
 
 
 def evidence(lists: Mapping[str, Ranked], sources: Sequence[str]) -> tuple[list[str], Tensor, Tensor]:
     """The union of the lists' items (first seen first), their evidence [items, sources, EVIDENCE_DIM],
     and which sources answered [sources] (a source with an empty or missing list did not)."""
+    items, out, answered = evidence_arrays(lists, sources)
+    return items, torch.from_numpy(out), torch.from_numpy(answered)
+
+
+def evidence_arrays(lists: Mapping[str, Ranked], sources: Sequence[str]) -> tuple[list[str], np.ndarray, np.ndarray]:
+    """`evidence` as numpy arrays."""
     items: dict[str, int] = {}
     for source in sources:
         for item_id, _ in lists.get(source, ()):
             items.setdefault(item_id, len(items))
-    out = torch.zeros(len(items), len(sources), EVIDENCE_DIM)
-    answered = torch.zeros(len(sources), dtype=torch.bool)
+    out = np.zeros((len(items), len(sources), EVIDENCE_DIM), dtype=np.float32)
+    answered = np.zeros(len(sources), dtype=bool)
     for s, source in enumerate(sources):
         ranked = lists.get(source, ())
         if not ranked:
             continue
         answered[s] = True
-        rows = torch.tensor([items[item_id] for item_id, _ in ranked])
-        scores = torch.tensor([float(score) for _, score in ranked])
-        spread = scores.std(unbiased=False) if len(scores) > 1 else torch.tensor(0.0)
+        rows = [items[item_id] for item_id, _ in ranked]
+        scores = np.array([score for _, score in ranked], dtype=np.float32)
+        spread = scores.std() if len(scores) > 1 else 0.0
         out[rows, s, 0] = 1.0
-        out[rows, s, 1] = (scores - scores.mean()) / spread.clamp_min(1e-6)
-        out[rows, s, 2] = 1.0 / (torch.arange(len(ranked), dtype=torch.float32) + 1.0)
+        out[rows, s, 1] = (scores - scores.mean()) / max(spread, 1e-6)
+        out[rows, s, 2] = 1.0 / np.arange(1, len(ranked) + 1, dtype=np.float32)
     return list(items), out, answered
 
 
@@ -160,24 +171,11 @@ class AttentionFusion(nn.Module):
         contributions = self.attention(context, answered).unsqueeze(1) * relevance
         return contributions.sum(-1), contributions
 
-    @torch.no_grad()
     def rank(
         self, lists: Mapping[str, Ranked], context: FusionContext, limit: int | None = None
     ) -> list[tuple[str, float, dict[str, float]]]:
         """One request: the union of `lists`, best first (the top `limit`), as (item_id, score, {source: contribution})."""
-        items, item_evidence, answered = evidence(lists, self.sources)
-        if not items:
-            return []
-        scores, contributions = self(context.features()[None], item_evidence[None], answered[None])
-        order = torch.argsort(scores[0], descending=True, stable=True)[:limit]
-        # Only the returned items are turned into Python objects: that, not the arithmetic, is the cost.
-        top_scores = scores[0, order].tolist()
-        answering = [s for s, ok in zip(self.sources, answered.tolist()) if ok]
-        top_contributions = contributions[0][order][:, answered].tolist()
-        return [
-            (items[i], score, {s: round(c, 6) for s, c in zip(answering, parts)})
-            for i, score, parts in zip(order.tolist(), top_scores, top_contributions)
-        ]
+        return FusionScorer(self).rank(lists, context, limit)
 
     def save(self, folder: Path, **extra: object) -> None:
         torch.save(self.state_dict(), folder / WEIGHTS_FILE)
@@ -192,19 +190,65 @@ class AttentionFusion(nn.Module):
         return module.eval()
 
 
-@torch.no_grad()
-def sources_worth_asking(
-    ranker: AttentionFusion, context: FusionContext, available: Sequence[str], min_weight: float = MIN_SOURCE_WEIGHT
-) -> set[str]:
-    """The `available` sources the ranker knows whose attention weight reaches `min_weight` in `context`,
-    with the session active or not: which of the two holds shows only once TGN has answered. 0 asks
-    every source the ranker knows."""
-    best = torch.zeros(len(ranker.sources))
-    answered = torch.tensor([s in available for s in ranker.sources])
-    for session in (False, True):
-        features = dataclasses.replace(context, session_active=session).features()
-        best = torch.maximum(best, ranker.attention(features[None], answered[None])[0])
-    return {s for s, weight in zip(ranker.sources, best.tolist()) if s in available and weight >= min_weight}
+class FusionScorer:
+    """`AttentionFusion`'s inference for one request at a time, in numpy on a copy of its weights.
+
+    The ingress ranks every fusion request on its event loop; on arrays this small, torch's per-call
+    overhead (dispatch, autograd bookkeeping) costs several times the arithmetic. Same equations as
+    `AttentionFusion.forward` (tests/test_fusion.py checks that they agree).
+    """
+
+    def __init__(self, module: AttentionFusion):
+        def array(tensor: Tensor) -> np.ndarray:
+            return tensor.detach().cpu().numpy().astype(np.float64)
+
+        inner, outer = module.query[0], module.query[2]
+        self.sources = list(module.sources)
+        self._inner = (array(inner.weight).T, array(inner.bias))
+        self._outer = (array(outer.weight).T, array(outer.bias))
+        self._keys = array(module.keys).T / math.sqrt(module.attention_dim)
+        self._relevance, self._relevance_bias = array(module.relevance), array(module.relevance_bias)
+
+    def attention(self, features: np.ndarray, answered: np.ndarray) -> np.ndarray:
+        """Source weights [batch, sources] for context features [batch, CONTEXT_DIM]; 0 where not `answered`."""
+        hidden = np.tanh(features @ self._inner[0] + self._inner[1])
+        logits = (hidden @ self._outer[0] + self._outer[1]) @ self._keys
+        logits = np.where(answered, logits, -np.inf)
+        if not answered.any():
+            return np.zeros_like(logits)
+        weights = np.exp(logits - logits.max(axis=-1, keepdims=True))
+        return weights / weights.sum(axis=-1, keepdims=True)
+
+    def rank(
+        self, lists: Mapping[str, Ranked], context: FusionContext, limit: int | None = None
+    ) -> list[tuple[str, float, dict[str, float]]]:
+        """See `AttentionFusion.rank`."""
+        items, item_evidence, answered = evidence_arrays(lists, self.sources)
+        if not items:
+            return []
+        relevance = ((item_evidence * self._relevance).sum(-1) + self._relevance_bias) * item_evidence[..., 0]
+        contributions = self.attention(context.feature_array()[None], answered)[0] * relevance  # [items, sources]
+        scores = contributions.sum(-1)
+        # Best first, ties in first-seen order (as torch's stable argsort).
+        order = np.argsort(-scores, kind="stable")[:limit]
+        answering = [s for s, ok in zip(self.sources, answered) if ok]
+        top = contributions[order][:, answered]
+        return [
+            (items[i], float(scores[i]), {s: round(float(c), 6) for s, c in zip(answering, parts)})
+            for i, parts in zip(order.tolist(), top)
+        ]
+
+    def sources_worth_asking(
+        self, context: FusionContext, available: Sequence[str], min_weight: float = MIN_SOURCE_WEIGHT
+    ) -> set[str]:
+        """The `available` sources the ranker knows whose attention weight reaches `min_weight` in `context`,
+        with the session active or not: which of the two holds shows only once TGN has answered. 0 asks
+        every source the ranker knows."""
+        answered = np.array([s in available for s in self.sources])
+        features = np.stack([dataclasses.replace(context, session_active=session).feature_array()
+                             for session in (False, True)])
+        best = self.attention(features, answered).max(axis=0)
+        return {s for s, weight in zip(self.sources, best.tolist()) if s in available and weight >= min_weight}
 
 
 def read_config(folder: Path) -> dict:

@@ -59,6 +59,8 @@ class LightGCN(torch.nn.Module):
         embedding_dim: size of the ego embeddings E^(0).
         num_layers: number of propagation layers K.
         alpha: layer weights alpha_k (default 1 / (K + 1) each).
+        init_std: E^(0) starts as N(0, init_std^2), as in the paper's code (0.1); None keeps PyG's
+            Xavier-uniform, which at Gowalla's 70k nodes is about 20x smaller.
     """
 
     def __init__(
@@ -68,11 +70,19 @@ class LightGCN(torch.nn.Module):
         embedding_dim: int = 64,
         num_layers: int = 3,
         alpha: float | Tensor | None = None,
+        init_std: float | None = 0.1,
     ):
         super().__init__()
         self.num_users, self.num_items = num_users, num_items
+        self.init_std = init_std
         self.gcn = PyGLightGCN(num_users + num_items, embedding_dim, num_layers, alpha, normalize=False)
         self.gcn.convs = torch.nn.ModuleList(SymmetricLGConv() for _ in range(num_layers))
+        self.reset_parameters()
+
+    def reset_parameters(self) -> None:
+        self.gcn.reset_parameters()
+        if self.init_std is not None:
+            torch.nn.init.normal_(self.ego.weight, std=self.init_std)
 
     @property
     def ego(self) -> torch.nn.Embedding:

@@ -30,7 +30,7 @@ training stops after `patience` evaluations without improvement, after `max_epoc
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Literal
 
@@ -49,10 +49,16 @@ class LightGCNConfig(BaseModel):
 
     embedding_dim: int = Field(default=64, ge=1)
     num_layers: int = Field(default=3, ge=0)
+    init_std: float | None = Field(default=0.1, gt=0, description="E^(0) ~ N(0, init_std^2); None: PyG's Xavier")
     edge_values: Literal["binary", "weight"] = Field(
         default="weight", description="adjacency values: 1 per edge, or the decayed event weight W(u, i)"
     )
     loss: Literal["bpr", "softmax"] = "softmax"
+    sampling: Literal["edges", "users"] = Field(
+        default="edges",
+        description="positives per epoch: each edge once, or as many (user, positive) draws with the user uniform "
+        "and then one of their items (the official LightGCN code's sampler)",
+    )
     bpr_negatives: int = Field(default=1, ge=1, description="bpr: negatives per positive")
     softmax_negatives: int = Field(default=256, ge=1, description="softmax: negatives shared by the batch")
     temperature: float = Field(default=0.1, gt=0, description="softmax only")
@@ -161,20 +167,20 @@ def train_lightgcn(
     torch.manual_seed(config.seed)
     generator = torch.Generator().manual_seed(config.seed)
     device = torch.device(config.device)
-    model = LightGCN(num_users, num_items, config.embedding_dim, config.num_layers).to(device)
+    model = LightGCN(num_users, num_items, config.embedding_dim, config.num_layers, init_std=config.init_std).to(device)
     adjacency = adjacency.to(device)
     optimizer = torch.optim.Adam(model.parameters(), lr=config.lr)
     sampler = NegativeSampler(edge_index, num_items, generator)
     num_edges = edge_index.size(1)
     steps_per_epoch = math.ceil(num_edges / config.batch_size)
+    draw_positives = positive_sampler(edge_index, num_users, config.batch_size, config.sampling, generator)
 
     def train_epoch(epoch: int, train_seconds: float) -> float:
         # Progress is the epochs done, or the time budget spent, whichever is further along.
         time_spent = train_seconds / config.time_budget_s if config.time_budget_s else 0.0
         _schedule_lr(optimizer, config, max((epoch - 1) / config.max_epochs, time_spent))
         epoch_loss = 0.0
-        for batch in torch.randperm(num_edges, generator=generator).split(config.batch_size):
-            users, pos = edge_index[0, batch], edge_index[1, batch]
+        for users, pos in draw_positives():
             if config.loss == "bpr":
                 neg = sampler.sample(users, config.bpr_negatives)
             else:
@@ -196,6 +202,37 @@ def train_lightgcn(
     )
     return TrainingResult(model, selection.snapshot, selection.best_epoch, selection.history, selection.epochs_run,
                           selection.train_seconds, selection.stopped_because)
+
+
+def positive_sampler(
+    edge_index: Tensor, num_users: int, batch_size: int, sampling: str, generator: torch.Generator
+) -> Callable[[], Iterator[tuple[Tensor, Tensor]]]:
+    """A function that yields one epoch of (users, positive items) batches, E positives in all.
+
+    "edges": every edge once, in random order, so a user is drawn in proportion to their degree.
+    "users": a uniform user with at least one edge, then a uniform item of theirs, E times. Every user
+    weighs the same in per-user metrics (Recall@20 is a mean over users), and so they do here.
+    """
+    num_edges = edge_index.size(1)
+    if sampling == "edges":
+        def epoch() -> Iterator[tuple[Tensor, Tensor]]:
+            for batch in torch.randperm(num_edges, generator=generator).split(batch_size):
+                yield edge_index[0, batch], edge_index[1, batch]
+        return epoch
+
+    order = torch.argsort(edge_index[0], stable=True)
+    items_by_user = edge_index[1, order]
+    degree = torch.bincount(edge_index[0], minlength=num_users)
+    start = torch.cumsum(degree, 0) - degree
+    active = degree.nonzero().squeeze(1)
+
+    def epoch() -> Iterator[tuple[Tensor, Tensor]]:
+        for first in range(0, num_edges, batch_size):
+            size = min(batch_size, num_edges - first)
+            users = active[torch.randint(len(active), (size,), generator=generator)]
+            offset = (torch.rand(size, generator=generator) * degree[users]).long()
+            yield users, items_by_user[start[users] + offset.clamp_max_(degree[users] - 1)]
+    return epoch
 
 
 def _schedule_lr(optimizer: torch.optim.Optimizer, config: LightGCNConfig, progress: float) -> None:

@@ -57,9 +57,9 @@ from fusion.ranker import (
     SESSION_SOURCE,
     AttentionFusion,
     FusionContext,
+    FusionScorer,
     Ranked,
     evidence,
-    sources_worth_asking,
 )
 from fusion.training import FusionExample, FusionTrainingConfig, FusionTrainingResult, train_fusion
 from graph_builders.bipartite import BipartiteGraph, csr_from_indices, item_id_order
@@ -347,7 +347,7 @@ class StageLists:
         """What the served ranker gets: `fused`, less the sources it does not ask in this context
         (fusion/parallel.py)."""
         lists = self.fused(request)
-        worth = sources_worth_asking(model, request.context, list(lists), min_weight)
+        worth = FusionScorer(model).sources_worth_asking(request.context, list(lists), min_weight)
         return {source: ranked for source, ranked in lists.items() if source in worth}
 
 

@@ -13,7 +13,7 @@ from deployments.contract import TGN_HISTORY_REASON, Candidate, ModelStatus
 from deployments.ingress import Ingress, IngressConfig, IngressUserConfig, ServedFusion
 from deployments.schemas import RecommendBatchRequest, RecommendRequest
 from fusion.assignment import ABSettings, assign, bucket
-from fusion.ranker import CONTEXT_FEATURES, AttentionFusion, FusionContext, sources_worth_asking
+from fusion.ranker import CONTEXT_FEATURES, AttentionFusion, FusionContext, FusionScorer
 from tests.ingress_stand_ins import Counter, Method, fields_of_422, run
 
 USERS = [f"user-{n}" for n in range(10_000)]
@@ -83,7 +83,7 @@ class IngressUnderTest:
         self.statuses = {name: ModelStatus(model=name, loaded=True, version="v1") for name in models}
         self.config = IngressConfig(cascade=list(models), result_cache_ttl_s=0)
         self.ab = IngressUserConfig(fusion_share=fusion_share)
-        self.fusion = ServedFusion("f1", ranker, 5) if ranker is not None else None
+        self.fusion = ServedFusion("f1", FusionScorer(ranker), 5) if ranker is not None else None
         self.metrics = Metrics()
         self.seen = SeenItems(lambda user: ["x1", "x2", "x3"], max_users=10, ttl_s=60)
         self.results = PerUserCache(10, 0)
@@ -145,7 +145,7 @@ def ranker_ignoring(source: str) -> AttentionFusion:
 
 def test_a_source_the_ranker_hardly_weighs_is_not_asked():
     ingress = fusion_ingress()
-    ingress.fusion = ServedFusion("f1", ranker_ignoring("lightgcn"), 5)
+    ingress.fusion = ServedFusion("f1", FusionScorer(ranker_ignoring("lightgcn")), 5)
     response = run(ingress.recommend(RecommendRequest(user_id="u1", k=3)))
     outcomes = {a.model: a.outcome for a in response.models_tried}
     assert outcomes == {"tgn": "served", "lightgcn": "low_weight", "popularity": "served", "fusion": "served"}
@@ -178,12 +178,13 @@ def test_tgn_is_asked_when_only_an_active_session_would_weigh_it():
     assert ranker.attention(no_session.features()[None], answered)[0, 0] < 0.02
     with_session = FusionContext(history_length=5, session_active=True)
     assert ranker.attention(with_session.features()[None], answered)[0, 0] > 0.5
-    assert sources_worth_asking(ranker, no_session, SOURCES, 0.02) == set(SOURCES)
+    scorer = FusionScorer(ranker)
+    assert scorer.sources_worth_asking(no_session, SOURCES, 0.02) == set(SOURCES)
     # A source the ranker was not trained with is never asked; nor is one not available.
-    assert sources_worth_asking(ranker, no_session, ["content", "popularity"], 0.02) == {"popularity"}
+    assert scorer.sources_worth_asking(no_session, ["content", "popularity"], 0.02) == {"popularity"}
 
 
-class ContextSpy(AttentionFusion):
+class ContextSpy(FusionScorer):
     """A ranker that records the context of each request it ranks."""
 
     def rank(self, lists, context, limit=None):
@@ -195,7 +196,7 @@ class ContextSpy(AttentionFusion):
 def test_fusion_asks_tgn_whatever_the_session_and_reads_the_session_from_its_reason(reason, active):
     tgn = [Candidate(item_id="i1", score=1.0, source="tgn", reason=reason)]
     ingress = fusion_ingress(tgn=Model(tgn))
-    ingress.fusion = ServedFusion("f1", ContextSpy(SOURCES), 5)
+    ingress.fusion = ServedFusion("f1", ContextSpy(AttentionFusion(SOURCES)), 5)
     response = run(ingress.recommend(RecommendRequest(user_id="u1", k=3)))
     assert "i1" in [item.item_id for item in response.items]
     assert ingress.models["tgn"].recommend.calls[0].session_only is False

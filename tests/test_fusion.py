@@ -10,7 +10,7 @@ from datetime import UTC, datetime
 import pytest
 import torch
 
-from fusion.ranker import AttentionFusion, FusionContext, read_config
+from fusion.ranker import AttentionFusion, FusionContext, FusionScorer, evidence, read_config
 from fusion.training import FusionExample, FusionTrainingConfig, train_fusion
 from pipelines.fusion import FusionOptions, cascade
 
@@ -69,6 +69,24 @@ def test_a_source_that_did_not_answer_gets_no_weight_and_no_contribution():
         model.relevance[[0, 3]] += 5.0
         model.keys[[0, 3]] *= -3.0
     assert [score for _, score, _ in model.rank(lists, context)] == pytest.approx(before)
+
+
+def test_the_numpy_scorer_ranks_as_the_torch_module_scores():
+    """The ingress ranks with `FusionScorer`; training and evaluation use the module's forward pass."""
+    model = randomised(seed=5)
+    lists = some_lists(seed=6)
+    del lists["hgt"]
+    context = FusionContext(history_length=40, session_active=True, device="tablet", time=NOON)
+    items, item_evidence, answered = evidence(lists, SOURCES)
+    with torch.no_grad():
+        scores, contributions = model(context.features()[None], item_evidence[None], answered[None])
+        weights = model.attention(context.features()[None], answered[None])[0]
+    ranked = FusionScorer(model).rank(lists, context)
+    expected = sorted(zip(items, scores[0].tolist()), key=lambda pair: -pair[1])
+    assert [item for item, _, _ in ranked] == [item for item, _ in expected]
+    assert [score for _, score, _ in ranked] == pytest.approx([score for _, score in expected], abs=1e-5)
+    assert FusionScorer(model).attention(context.feature_array()[None], answered.numpy())[0] == pytest.approx(
+        weights.numpy(), abs=1e-6)
 
 
 def context_dependent_examples(count: int, seed: int) -> list[FusionExample]:

@@ -11,7 +11,7 @@ from deployments.contract import Filters, ModelQuery
 from graph_builders.bipartite import BipartiteGraph
 from graph_builders.splits import temporal_split
 from models.lightgcn import LightGCN
-from models.lightgcn_training import LightGCNConfig, NegativeSampler, train_lightgcn
+from models.lightgcn_training import LightGCNConfig, NegativeSampler, positive_sampler, train_lightgcn
 from pipelines.datasets import read_dataset
 from pipelines.lightgcn import holdout_edges, train_lightgcn_artifact
 from pipelines.protocol import RankingProtocol, TrainingData, baseline_metrics
@@ -62,6 +62,18 @@ def test_negative_sampler_never_returns_a_positive():
     for user, row in zip(users.tolist(), negatives.tolist()):
         if degree[user] < graph.num_items:  # a user who has everything has no negatives to give
             assert all((user, item) not in positives for item in row)
+
+
+@pytest.mark.parametrize("sampling", ["edges", "users"])
+def test_an_epoch_draws_only_positives_and_as_many_as_there_are_edges(sampling):
+    edge_index = torch.tensor([[0, 0, 0, 0, 0, 0, 1, 3], [0, 1, 2, 3, 4, 5, 2, 7]])  # user 0: 6 items, 1 and 3: one; 2: none
+    draw = positive_sampler(edge_index, 4, 3, sampling, torch.Generator().manual_seed(0))
+    edges = set(zip(*edge_index.tolist()))
+    epochs = [[pair for users, items in draw() for pair in zip(users.tolist(), items.tolist())] for _ in range(300)]
+    assert all(len(epoch) == 8 and set(epoch) <= edges for epoch in epochs)
+    share_of_user_0 = sum(u == 0 for epoch in epochs for u, _ in epoch) / (8 * 300)
+    # By edge, user 0 is 6 of 8 draws; by user, 1 in 3 (user 2 has nothing to draw).
+    assert share_of_user_0 == pytest.approx(6 / 8 if sampling == "edges" else 1 / 3, abs=0.03)
 
 
 def test_holdout_keeps_every_user_and_item_trainable():
