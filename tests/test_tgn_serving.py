@@ -148,7 +148,6 @@ def two_tgn_replicas(folder: Path) -> Path:
     app = config["applications"][0]
     app["args"]["models"]["tgn"]["num_cpus"] = 0.25
     tgn = next(d for d in app["deployments"] if d["name"] == "TGNDeployment")
-    tgn.pop("autoscaling_config")
     tgn["num_replicas"] = 2
     path = folder / "two_tgn_replicas.yaml"
     path.write_text(yaml.safe_dump(config))
