@@ -1,0 +1,103 @@
+"""Where a recommendation's CPU goes: each process's CPU time per request, under 8 concurrent clients.
+
+    (unset DATABASE_URL; OMP_NUM_THREADS=1 .venv/bin/python -m benchmarks.serving_cpu [--strategy fusion]
+        [--requests 600] [--config serve_config.yaml])
+
+Starts serve_config.yaml (or `--config`) and the no-op app of benchmarks/noop_app.py on one Serve instance,
+sends `--requests` cold requests (one new user each) with 8 clients to the real app, then as many to the
+no-op app making five parallel calls, and reads every process's CPU time from /proc before and after each
+phase. On a machine whose cores the whole app shares, CPU per request is what bounds throughput.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import statistics
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import requests
+
+from pipelines import serving
+from stores.event_store import EventStore
+from stores.postgres import Database
+from stores.settings import get_settings
+
+CLIENTS = 8
+
+
+def cpu_seconds() -> dict[tuple[int, str], float]:
+    """(pid, command line) -> user + system CPU seconds, for every process we can read."""
+    ticks = os.sysconf("SC_CLK_TCK")
+    out = {}
+    for pid in filter(str.isdigit, os.listdir("/proc")):
+        try:
+            command = Path(f"/proc/{pid}/cmdline").read_text().replace("\0", " ").strip()[:60]
+            fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        out[(int(pid), command)] = (int(fields[11]) + int(fields[12])) / ticks
+    return out
+
+
+def drive(url: str, bodies: list[dict]) -> tuple[float, float, dict[tuple[int, str], float]]:
+    """(requests per second, p50 ms, CPU seconds per process) for `bodies` sent by CLIENTS threads."""
+    sessions = [requests.Session() for _ in range(CLIENTS)]
+
+    def send(n: int) -> float:
+        started = time.perf_counter()
+        sessions[n % CLIENTS].post(url, json=bodies[n], timeout=30).raise_for_status()
+        return (time.perf_counter() - started) * 1000
+
+    before, started = cpu_seconds(), time.perf_counter()
+    with ThreadPoolExecutor(CLIENTS) as pool:
+        latencies = list(pool.map(send, range(len(bodies))))
+    wall, after = time.perf_counter() - started, cpu_seconds()
+    used = {key: after[key] - before.get(key, 0.0) for key in after}
+    return len(bodies) / wall, statistics.median(latencies), used
+
+
+def report(name: str, rate: float, p50: float, used: dict[tuple[int, str], float], count: int) -> None:
+    print(f"\n{name}: {rate:.1f} requests/s, p50 {p50:.1f} ms, {CLIENTS} clients\n")
+    print("| process | CPU ms per request |\n|---|---:|")
+    for (pid, command), seconds in sorted(used.items(), key=lambda kv: -kv[1])[:12]:
+        if seconds > 0:
+            print(f"| {command} ({pid}) | {seconds / count * 1000:.1f} |")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--strategy", choices=["cascade", "fusion"], default="fusion")
+    parser.add_argument("--requests", type=int, default=600)
+    parser.add_argument("--config", type=Path, default=serving.DEFAULT_CONFIG)
+    parser.add_argument("--port", type=int, default=8011)
+    args = parser.parse_args()
+    settings = get_settings()
+    users = EventStore(Database.from_settings(settings)).events_frame()["user_id"].dropna().unique()
+    if len(users) < 30 + 2 * args.requests:
+        raise SystemExit(f"need {30 + 2 * args.requests} users; {settings.namespace} has {len(users)}")
+    bodies = [{"user_id": str(u), "k": 10, "strategy": args.strategy} for u in users]
+
+    from ray import serve
+
+    from benchmarks.noop_app import noop_app
+
+    try:
+        serving.start(settings, args.config, http_port=args.port)
+        serve.run(noop_app, name="noop", route_prefix="/noop")
+        base = f"http://127.0.0.1:{args.port}"
+        for body in bodies[:30]:  # warm connections and replicas
+            requests.post(f"{base}/v1/recommend", json=body, timeout=30)
+            requests.post(f"{base}/noop/v1/recommend?calls=5&parallel=true", json=body, timeout=30)
+        real = bodies[30 : 30 + args.requests]
+        report(f"recserve, {args.strategy}", *drive(f"{base}/v1/recommend", real), len(real))
+        noop = bodies[30 + args.requests : 30 + 2 * args.requests]
+        report("no-op app, 5 parallel calls", *drive(f"{base}/noop/v1/recommend?calls=5&parallel=true", noop), len(noop))
+    finally:
+        serving.stop()
+
+
+if __name__ == "__main__":
+    main()
