@@ -1,9 +1,10 @@
 """Where a recommendation's CPU goes: each process's CPU time per request, under 8 concurrent clients.
 
     (unset DATABASE_URL; OMP_NUM_THREADS=1 .venv/bin/python -m benchmarks.serving_cpu [--strategy fusion]
-        [--requests 600] [--config serve_config.yaml])
+        [--requests 600] [--autoscaling])
 
-Starts serve_config.yaml (or `--config`) and the no-op app of benchmarks/noop_app.py on one Serve instance,
+Starts serve_config.yaml (with `--autoscaling`, a copy in which every model deployment autoscales, 1 to 2
+replicas, instead of its fixed replica count) and the no-op app of benchmarks/noop_app.py on one Serve instance,
 sends `--requests` cold requests (one new user each) with 8 clients to the real app, then as many to the
 no-op app making five parallel calls, and reads every process's CPU time from /proc before and after each
 phase. On a machine whose cores the whole app shares, CPU per request is what bounds throughput.
@@ -14,12 +15,14 @@ from __future__ import annotations
 import argparse
 import os
 import statistics
+import tempfile
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import requests
 
+from benchmarks.serving_latency import config_copy
 from pipelines import serving
 from stores.event_store import EventStore
 from stores.postgres import Database
@@ -67,11 +70,19 @@ def report(name: str, rate: float, p50: float, used: dict[tuple[int, str], float
             print(f"| {command} ({pid}) | {seconds / count * 1000:.1f} |")
 
 
+def autoscaling(config: dict) -> None:
+    """The edit that replaces each model deployment's fixed replica count with autoscaling."""
+    for deployment in config["applications"][0]["deployments"]:
+        if deployment["name"] != "Ingress":
+            deployment.pop("num_replicas", None)
+            deployment["autoscaling_config"] = {"min_replicas": 1, "max_replicas": 2, "target_ongoing_requests": 16}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--strategy", choices=["cascade", "fusion"], default="fusion")
     parser.add_argument("--requests", type=int, default=600)
-    parser.add_argument("--config", type=Path, default=serving.DEFAULT_CONFIG)
+    parser.add_argument("--autoscaling", action="store_true", help="every model deployment autoscales")
     parser.add_argument("--port", type=int, default=8011)
     args = parser.parse_args()
     settings = get_settings()
@@ -84,8 +95,10 @@ def main() -> None:
 
     from benchmarks.noop_app import noop_app
 
+    scratch = tempfile.TemporaryDirectory()
     try:
-        serving.start(settings, args.config, http_port=args.port)
+        config = config_copy(Path(scratch.name), autoscaling) if args.autoscaling else serving.DEFAULT_CONFIG
+        serving.start(settings, config, http_port=args.port)
         serve.run(noop_app, name="noop", route_prefix="/noop")
         base = f"http://127.0.0.1:{args.port}"
         for body in bodies[:30]:  # warm connections and replicas
@@ -97,6 +110,7 @@ def main() -> None:
         report("no-op app, 5 parallel calls", *drive(f"{base}/noop/v1/recommend?calls=5&parallel=true", noop), len(noop))
     finally:
         serving.stop()
+        scratch.cleanup()
 
 
 if __name__ == "__main__":

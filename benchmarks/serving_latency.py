@@ -25,6 +25,7 @@ import argparse
 import statistics
 import tempfile
 import time
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -107,13 +108,20 @@ def topology(base: str, bodies: list[dict]) -> tuple[int, bool, dict[str, list[f
 MODELS = IngressConfig().cascade
 
 
-def with_cascade(cascade: list[str], folder: Path) -> Path:
-    """A copy of serve_config.yaml whose ingress asks `cascade`, in that order."""
+def config_copy(folder: Path, edit: Callable[[dict], None]) -> Path:
+    """serve_config.yaml as `edit` changes it, written to `folder`, for one benchmark run."""
     config = yaml.safe_load(serving.DEFAULT_CONFIG.read_text())
-    config["applications"][0]["args"]["ingress"]["cascade"] = cascade
+    edit(config)
     path = folder / "serve_config.yaml"
     path.write_text(yaml.safe_dump(config))
     return path
+
+
+def with_cascade(cascade: list[str]) -> Callable[[dict], None]:
+    """The edit that makes the ingress ask `cascade`, in that order."""
+    def edit(config: dict) -> None:
+        config["applications"][0]["args"]["ingress"]["cascade"] = cascade
+    return edit
 
 
 def main() -> None:
@@ -141,7 +149,7 @@ def main() -> None:
 
     scratch = tempfile.TemporaryDirectory()
     try:
-        config = serving.DEFAULT_CONFIG if not args.cascade else with_cascade(args.cascade, Path(scratch.name))
+        config = config_copy(Path(scratch.name), with_cascade(args.cascade)) if args.cascade else serving.DEFAULT_CONFIG
         serving.start(settings, config, http_port=args.port)  # inside: a start that times out still stops Ray
         serve.run(noop_app, name="noop", route_prefix="/noop")
         base = f"http://127.0.0.1:{args.port}"

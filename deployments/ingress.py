@@ -146,11 +146,10 @@ class BodySizeLimit:
         self.max_bytes = max_bytes
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        headers = Headers(scope=scope) if scope["type"] == "http" else None
-        if headers is None or scope["method"] not in ("POST", "PUT", "PATCH"):
+        if scope["type"] != "http" or scope["method"] not in ("POST", "PUT", "PATCH"):
             await self.app(scope, receive, send)
             return
-        declared = headers.get("content-length")
+        declared = Headers(scope=scope).get("content-length")
         if declared is not None:  # the server reads no more than the declared length
             if declared.isdigit() and int(declared) > self.max_bytes:
                 await _too_large(self.max_bytes)(scope, receive, send)

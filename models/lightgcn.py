@@ -74,15 +74,10 @@ class LightGCN(torch.nn.Module):
     ):
         super().__init__()
         self.num_users, self.num_items = num_users, num_items
-        self.init_std = init_std
         self.gcn = PyGLightGCN(num_users + num_items, embedding_dim, num_layers, alpha, normalize=False)
         self.gcn.convs = torch.nn.ModuleList(SymmetricLGConv() for _ in range(num_layers))
-        self.reset_parameters()
-
-    def reset_parameters(self) -> None:
-        self.gcn.reset_parameters()
-        if self.init_std is not None:
-            torch.nn.init.normal_(self.ego.weight, std=self.init_std)
+        if init_std is not None:  # else PyG's Xavier-uniform, drawn above
+            torch.nn.init.normal_(self.ego.weight, std=init_std)
 
     @property
     def ego(self) -> torch.nn.Embedding:

@@ -47,6 +47,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
+import numpy as np
 import pandas as pd
 import torch
 from pydantic import BaseModel, ConfigDict, Field, model_validator
@@ -59,7 +60,7 @@ from fusion.ranker import (
     FusionContext,
     FusionScorer,
     Ranked,
-    evidence,
+    evidence_arrays,
 )
 from fusion.training import FusionExample, FusionTrainingConfig, FusionTrainingResult, train_fusion
 from graph_builders.bipartite import BipartiteGraph, csr_from_indices, item_id_order
@@ -343,11 +344,11 @@ class StageLists:
         (TGN's whatever the session, as fusion asks it; the context says whether the session is active)."""
         return {source: by_user[request.user] for source, by_user in self.lists.items() if request.user in by_user}
 
-    def asked(self, request: Request, model: AttentionFusion, min_weight: float = MIN_SOURCE_WEIGHT) -> dict[str, Ranked]:
+    def asked(self, request: Request, ranker: FusionScorer, min_weight: float = MIN_SOURCE_WEIGHT) -> dict[str, Ranked]:
         """What the served ranker gets: `fused`, less the sources it does not ask in this context
         (fusion/parallel.py)."""
         lists = self.fused(request)
-        worth = FusionScorer(model).sources_worth_asking(request.context, list(lists), min_weight)
+        worth = ranker.sources_worth_asking(request.context, list(lists), min_weight)
         return {source: ranked for source, ranked in lists.items() if source in worth}
 
 
@@ -394,8 +395,9 @@ def rankings(stage: StageLists, model: AttentionFusion, sources: Sequence[str], 
     out = {source: {user: [item for item, _ in ranked] for user, ranked in by_user.items()}
            for source, by_user in stage.lists.items()}
     out["cascade"] = {r.user: cascade(stage.cascaded(r), sources, k) for r in stage.requests}
-    out["fusion"] = {r.user: [item for item, _, _ in model.rank(stage.asked(r, model), r.context)] for r in stage.requests}
-    out[EVERY_SOURCE] = {r.user: [item for item, _, _ in model.rank(stage.fused(r), r.context)] for r in stage.requests}
+    ranker = FusionScorer(model)
+    out["fusion"] = {r.user: [item for item, _, _ in ranker.rank(stage.asked(r, ranker), r.context)] for r in stage.requests}
+    out[EVERY_SOURCE] = {r.user: [item for item, _, _ in ranker.rank(stage.fused(r), r.context)] for r in stage.requests}
     return out
 
 
@@ -430,12 +432,12 @@ def request_metrics(ranked: Mapping[str, list[str]], requests: Sequence[Request]
 
 def attention_groups(model: AttentionFusion, stages: Sequence[StageLists]) -> dict[str, dict[str, float]]:
     """Mean attention weight per source by request context, with the number of requests in each group."""
-    groups: dict[str, list[Tensor]] = {}
+    ranker = FusionScorer(model)
+    groups: dict[str, list[np.ndarray]] = {}
     for stage in stages:
         for request in stage.requests:
-            _, _, answered = evidence(stage.asked(request, model), model.sources)
-            with torch.no_grad():
-                weights = model.attention(request.context.features()[None], answered[None])[0]
+            _, _, answered = evidence_arrays(stage.asked(request, ranker), ranker.sources)
+            weights = ranker.attention(request.context.feature_array()[None], answered)[0]
             history = request.context.history_length
             if history == 0:
                 group = "cold start"
@@ -445,7 +447,7 @@ def attention_groups(model: AttentionFusion, stages: Sequence[StageLists]) -> di
                 group = "no session, " + ("< 20 events" if history < 20 else "20-99 events" if history < 100 else "100+ events")
             groups.setdefault(group, []).append(weights)
     order = ["cold start", "session active", "no session, < 20 events", "no session, 20-99 events", "no session, 100+ events"]
-    return {group: {**dict(zip(model.sources, torch.stack(groups[group]).mean(0).tolist())), "requests": len(groups[group])}
+    return {group: {**dict(zip(ranker.sources, np.mean(groups[group], axis=0).tolist())), "requests": len(groups[group])}
             for group in order if group in groups}
 
 
@@ -509,8 +511,10 @@ def run_fusion(data: TrainingData, options: FusionOptions, text: TextVectors | N
     metrics["popularity (overall)"] = baselines["popularity"]
     metrics["item-knn"] = baselines["item-knn"]
 
+    ranker = FusionScorer(model)
+
     def served_share(stage: StageLists, source: str) -> int:
-        return sum(source in stage.asked(r, model) for r in stage.requests)
+        return sum(source in stage.asked(r, ranker) for r in stage.requests)
 
     summary = {
         "validation users (stage A)": len(stage_a.requests),

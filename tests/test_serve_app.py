@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import time
 import uuid
 
@@ -135,6 +137,18 @@ def test_oversized_and_malformed_bodies(service):
     broken = requests.post(base + "/v1/interactions", data=b"{not json", headers={"content-type": "application/json"}, timeout=10)
     assert broken.status_code == 422
     assert store.counts()["events"] == before
+
+    def chunked(body: bytes, size: int = 4096):  # no Content-Length: the limit must count the chunks
+        yield from (body[start : start + size] for start in range(0, len(body), size))
+
+    json_header = {"content-type": "application/json"}
+    streamed = requests.post(base + "/v1/interactions", data=chunked(json.dumps(huge).encode()), headers=json_header, timeout=10)
+    assert streamed.status_code == 413 and streamed.json()["fields"] == ["body"]
+    assert store.counts()["events"] == before
+    one = {"user_id": "chunked-user", "item_id": "i1", "event_type": "click"}
+    accepted = requests.post(base + "/v1/interactions", data=chunked(json.dumps(one).encode(), 16), headers=json_header, timeout=10)
+    assert accepted.status_code == 201, accepted.text
+    assert store.counts()["events"] == before + 1
 
 
 def test_status_health_and_openapi(service):
