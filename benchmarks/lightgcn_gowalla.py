@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 import os
 import platform
 import time
@@ -43,6 +44,8 @@ def main() -> int:
     parser.add_argument("--out", default=ROOT / "benchmarks" / "results" / "lightgcn_gowalla")
     args = parser.parse_args()
     warnings.filterwarnings("ignore", message="Sparse CSR tensor support is in beta state")
+    # Each checkpoint is logged as it is measured, so a run cut short still leaves its curve.
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
 
     protocol = gowalla_protocol(args.data_dir)
     graph = protocol.graph

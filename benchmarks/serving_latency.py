@@ -1,15 +1,20 @@
 """/v1/recommend latency over HTTP, per strategy (the cascade of serve_config.yaml, and fusion), next to a
 no-op app of the same topology (the same number of model calls, one after another for the cascade, at
-once for fusion), deployed on the same Serve instance and measured in the same run, interleaved.
+once for fusion), deployed on the same Serve instance and measured in the same run.
 
     .venv/bin/python -m benchmarks.serving_latency [--namespace demo] [--requests 400] [--strategies cascade fusion]
-        [--cascade lightgcn popularity]
+        [--cascade lightgcn popularity] [--schedules interleaved blocks]
 
 `--cascade` replaces the ingress's cascade of serve_config.yaml for the run, e.g. to measure ingress ->
 LightGCN alone (LightGCN fills k for every known user, so the cascade makes one model call).
 
 Needs a namespace with trained models (`make demo` trains them all, fusion included). Sequential: one
-request after another. Concurrent: 8 client threads. The ratio real/no-op is the figure.
+request after another. Concurrent: 8 client threads. The ratio real/no-op is the figure. Two schedules
+take the apps in turn, each on its own requests:
+- interleaved: request by request, so with 8 clients the two apps' requests share the cores at once, and
+  each app's latency also depends on how the other app's processes compete for them;
+- blocks: 80 requests to one app, then the same 80 to the other, so each has the cores to itself, as it
+  would in production; blocks still alternate, so that machine noise hits both alike.
 
 The ingress caches per user (seen items, whole answers), so each row is measured twice:
 - cold: every request is for a user not asked before (result and seen-items caches miss; the
@@ -55,26 +60,37 @@ def timed_post(session: requests.Session, url: str, body: dict, flag: str = "cac
 
 
 def timed_run(
-    urls: dict[str, str], bodies: list[dict], clients: int, prime: str | None = None, flag: str = "cached"
+    urls: dict[str, str], bodies: list[dict], clients: int, prime: str | None = None, flag: str = "cached",
+    block: int | None = None,
 ) -> tuple[dict[str, list[float]], dict[str, list[bool]]]:
-    """One request per body and app; alternate the apps request by request so that machine noise
-    hits both alike. `prime`: an app sent each body once, untimed, just before (so that its cache
-    holds the answer however slow the machine is). Returns latencies and `flag` values per app."""
+    """One request per body and app, sent by `clients` threads, so that machine noise hits the apps alike:
+    - `block` None: the apps alternate request by request, so with several clients their requests overlap;
+    - `block` n: n bodies go to one app, then the same n to the next, so each app has the cores to itself.
+    `prime`: an app sent each body once, untimed, just before (so that its cache holds the answer however
+    slow the machine is). Returns latencies and `flag` values per app."""
     samples: dict[str, list[float]] = {name: [] for name in urls}
     cached: dict[str, list[bool]] = {name: [] for name in urls}
     sessions = [requests.Session() for _ in range(clients)]
 
-    def client(worker: int) -> None:
-        for n in range(worker, len(bodies), clients):
-            if prime is not None:
-                timed_post(sessions[worker], urls[prime], bodies[n], flag)
-            for name, url in urls.items():
-                elapsed, hit = timed_post(sessions[worker], url, bodies[n], flag)
-                samples[name].append(elapsed)
-                cached[name].append(hit)
+    def send(chunk: list[dict], names: list[str]) -> None:
+        def client(worker: int) -> None:
+            for n in range(worker, len(chunk), clients):
+                if prime in names:
+                    timed_post(sessions[worker], urls[prime], chunk[n], flag)
+                for name in names:
+                    elapsed, hit = timed_post(sessions[worker], urls[name], chunk[n], flag)
+                    samples[name].append(elapsed)
+                    cached[name].append(hit)
 
-    with ThreadPoolExecutor(clients) as pool:
-        list(pool.map(client, range(clients)))
+        with ThreadPoolExecutor(clients) as pool:
+            list(pool.map(client, range(clients)))
+
+    if block is None:
+        send(bodies, list(urls))
+    else:
+        for start in range(0, len(bodies), block):
+            for name in urls:
+                send(bodies[start:start + block], [name])
     return samples, cached
 
 
@@ -106,6 +122,8 @@ def topology(base: str, bodies: list[dict]) -> tuple[int, bool, dict[str, list[f
 
 
 MODELS = IngressConfig().cascade
+# How the apps take turns: request by request (their requests overlap when clients > 1), or in blocks of 80.
+SCHEDULES = {"interleaved": None, "blocks": 80}
 
 
 def config_copy(folder: Path, edit: Callable[[dict], None]) -> Path:
@@ -132,12 +150,14 @@ def main() -> None:
     parser.add_argument("--strategies", nargs="+", choices=["cascade", "fusion"], default=["cascade", "fusion"])
     parser.add_argument("--phases", nargs="+", choices=["cold", "warm"], default=["cold", "warm"])
     parser.add_argument("--cascade", nargs="+", choices=MODELS, help="the ingress's cascade for this run")
+    parser.add_argument("--schedules", nargs="+", choices=list(SCHEDULES), default=list(SCHEDULES),
+                        help="how the two apps share the run (see timed_run)")
     args = parser.parse_args()
     settings = get_settings()
     if args.namespace:
         settings = settings.model_copy(update={"namespace": args.namespace})
     warmup, rows = 30, (1, 8)
-    wanted = len(args.strategies) * (warmup + args.requests * len(rows))
+    wanted = len(args.strategies) * (warmup + args.requests * len(rows) * len(args.schedules))
     users = EventStore(Database.from_settings(settings)).events_frame()["user_id"].dropna().unique()
     if len(users) < wanted:
         raise SystemExit(f"need {wanted} distinct users (each cold request is a new one); {settings.namespace} has {len(users)}")
@@ -154,10 +174,10 @@ def main() -> None:
         serve.run(noop_app, name="noop", route_prefix="/noop")
         base = f"http://127.0.0.1:{args.port}"
         print(f"/v1/recommend per strategy (forced with `strategy`) vs. a no-op ingress making the same model calls; "
-              f"namespace {settings.namespace}; {args.requests} requests per app per row, interleaved, k=10, "
+              f"namespace {settings.namespace}; {args.requests} requests per app per row, k=10, "
               "one distinct user per cold request; warm = the same requests repeated\n")
-        print("| strategy | clients | caches | app | p50 ms | p99 ms | mean ms | p50 ratio | p99 ratio | hits |")
-        print("|---|---:|---|---|---:|---:|---:|---:|---:|---:|")
+        print("| strategy | clients | caches | schedule | app | p50 ms | p99 ms | mean ms | p50 ratio | p99 ratio | hits |")
+        print("|---|---:|---|---|---|---:|---:|---:|---:|---:|---:|")
         breakdown: dict[str, dict[str, list[float]]] = {}
         for strategy in args.strategies:
             def bodies(n: int) -> list[dict]:
@@ -170,10 +190,12 @@ def main() -> None:
             timed_run(urls, warm_up, 1)  # connections and replicas warm (these users are not measured after)
             shape = f"{calls} {'parallel' if parallel else 'sequential'} calls"
             for clients in rows:
-                fresh = bodies(args.requests)
-                for phase in args.phases:
-                    samples, cached = timed_run(urls, fresh, clients, prime="recserve" if phase == "warm" else None)
-                    print_ratio_rows(f"{strategy} ({shape}) | {clients} | {phase}", samples, cached)
+                for schedule in args.schedules:
+                    fresh = bodies(args.requests)
+                    for phase in args.phases:
+                        samples, cached = timed_run(urls, fresh, clients, prime="recserve" if phase == "warm" else None,
+                                                    block=SCHEDULES[schedule])
+                        print_ratio_rows(f"{strategy} ({shape}) | {clients} | {phase} | {schedule}", samples, cached)
         print(f"\nEach stage's p50 ms as the ingress timed it, over the {warmup} sequential warm-up requests:")
         for strategy, stages in breakdown.items():
             print(f"- {strategy}: " + ", ".join(f"{name} {statistics.median(v):.1f}" for name, v in stages.items()))
