@@ -122,7 +122,7 @@ def topology(base: str, bodies: list[dict]) -> tuple[int, bool, dict[str, list[f
 
 
 MODELS = IngressConfig().cascade
-# How the apps take turns: request by request (their requests overlap when clients > 1), or in blocks of 80.
+# timed_run's `block` per schedule.
 SCHEDULES = {"interleaved": None, "blocks": 80}
 
 
