@@ -276,8 +276,9 @@ class Ingress:
         self.store = EventStore(Database.from_settings(namespace=self.config.namespace))
         self.metrics = IngressMetrics()
         self._statuses: dict[str, ModelStatus] = {}
-        self._statuses_at = 0.0
+        self._statuses_at = 0.0  # time.monotonic() of the view's last refresh; 0: never
         self._status_lock = asyncio.Lock()
+        self._status_refresh: asyncio.Task | None = None
         self.catalog = CatalogSnapshot.from_store(
             self.store, self.config.catalog_refresh_s, on_refresh=lambda count: self.metrics.catalog_items.set(count)
         )
@@ -323,15 +324,26 @@ class Ingress:
         return self.fusion.version if self.fusion else None
 
     # -- model status ----------------------------------------------------------------------------
-    async def model_statuses(self) -> dict[str, ModelStatus]:
-        if time.monotonic() - self._statuses_at > self.config.status_refresh_s:
-            async with self._status_lock:
-                if time.monotonic() - self._statuses_at > self.config.status_refresh_s:
-                    self._statuses = await self._fetch_statuses()
-                    self._statuses_at = time.monotonic()
-                    # Re-reported with each refresh: Ray stops exporting a gauge that is not set for a while.
-                    self.metrics.fusion_share.set(self.ab.fusion_share)
+    async def model_statuses(self, fresh: bool = False) -> dict[str, ModelStatus]:
+        """Each model's loaded/version view. A stale view is refreshed in the background and served
+        meanwhile, so that no request waits for five status calls; `fresh` (and the first call) waits."""
+        if fresh or not self._statuses_at:
+            await self._refresh_statuses()
+        elif time.monotonic() - self._statuses_at > self.config.status_refresh_s and (
+            self._status_refresh is None or self._status_refresh.done()
+        ):
+            self._status_refresh = asyncio.create_task(self._refresh_statuses())  # held: tasks are weakly referenced
         return self._statuses
+
+    async def _refresh_statuses(self) -> None:
+        started = time.monotonic()
+        async with self._status_lock:
+            if self._statuses_at > started:
+                return  # refreshed while this call waited for the lock
+            self._statuses = await self._fetch_statuses()
+            self._statuses_at = time.monotonic()
+            # Re-reported with each refresh: Ray stops exporting a gauge that is not set for a while.
+            self.metrics.fusion_share.set(self.ab.fusion_share)
 
     async def _fetch_statuses(self) -> dict[str, ModelStatus]:
         async def one(name: str, handle: DeploymentHandle) -> ModelStatus:
@@ -827,7 +839,6 @@ class Ingress:
     # -- service ---------------------------------------------------------------------------------
     @api.get("/v1/status", response_model=StatusResponse)
     async def status(self) -> StatusResponse:
-        self._statuses_at = 0.0  # status is the place to see a fresh view
         fusion = None
         if self.fusion is not None:
             fusion = FusionStatus(
@@ -837,7 +848,7 @@ class Ingress:
             )
         return StatusResponse(
             namespace=self.config.namespace,
-            models=await self.model_statuses(),
+            models=await self.model_statuses(fresh=True),  # status is the place to see a fresh view
             ab=await self.ab_settings(),
             fusion=fusion,
             cascade=self.config.cascade,

@@ -21,7 +21,7 @@ class Method:
         self.answer, self.error, self.delay_s = answer, error, delay_s
         self.calls: list = []
 
-    def remote(self, argument):
+    def remote(self, argument=None):
         self.calls.append(argument)
 
         async def call():
