@@ -3,10 +3,12 @@ no-op app of the same topology (the same number of model calls, one after anothe
 once for fusion), deployed on the same Serve instance and measured in the same run.
 
     .venv/bin/python -m benchmarks.serving_latency [--namespace demo] [--requests 400] [--strategies cascade fusion]
-        [--cascade lightgcn popularity] [--schedules interleaved blocks]
+        [--cascade lightgcn popularity] [--min-source-weight 0.1] [--schedules interleaved blocks]
 
 `--cascade` replaces the ingress's cascade of serve_config.yaml for the run, e.g. to measure ingress ->
 LightGCN alone (LightGCN fills k for every known user, so the cascade makes one model call).
+`--min-source-weight` replaces its `fusion_min_source_weight`: how little attention a source may get and
+still be asked (a higher one asks fewer sources per fusion request).
 
 Needs a namespace with trained models (`make demo` trains them all, fusion included). Sequential: one
 request after another. Concurrent: 8 client threads. The ratio real/no-op is the figure. Two schedules
@@ -135,10 +137,16 @@ def config_copy(folder: Path, edit: Callable[[dict], None]) -> Path:
     return path
 
 
-def with_cascade(cascade: list[str]) -> Callable[[dict], None]:
-    """The edit that makes the ingress ask `cascade`, in that order."""
+def run_config_edit(cascade: list[str] | None, min_source_weight: float | None) -> Callable[[dict], None]:
+    """The edit that makes the ingress ask `cascade`, in that order, and makes fusion skip the sources
+    weighed under `min_source_weight` (None: as serve_config.yaml has them)."""
     def edit(config: dict) -> None:
-        config["applications"][0]["args"]["ingress"]["cascade"] = cascade
+        app = config["applications"][0]
+        if cascade is not None:
+            app["args"]["ingress"]["cascade"] = cascade
+        if min_source_weight is not None:
+            [ingress] = [d for d in app["deployments"] if d["name"] == "Ingress"]
+            ingress["user_config"]["fusion_min_source_weight"] = min_source_weight
     return edit
 
 
@@ -150,6 +158,7 @@ def main() -> None:
     parser.add_argument("--strategies", nargs="+", choices=["cascade", "fusion"], default=["cascade", "fusion"])
     parser.add_argument("--phases", nargs="+", choices=["cold", "warm"], default=["cold", "warm"])
     parser.add_argument("--cascade", nargs="+", choices=MODELS, help="the ingress's cascade for this run")
+    parser.add_argument("--min-source-weight", type=float, help="the ingress's fusion_min_source_weight for this run")
     parser.add_argument("--schedules", nargs="+", choices=list(SCHEDULES), default=list(SCHEDULES),
                         help="how the two apps share the run (see timed_run)")
     args = parser.parse_args()
@@ -169,7 +178,9 @@ def main() -> None:
 
     scratch = tempfile.TemporaryDirectory()
     try:
-        config = config_copy(Path(scratch.name), with_cascade(args.cascade)) if args.cascade else serving.DEFAULT_CONFIG
+        config = serving.DEFAULT_CONFIG
+        if args.cascade or args.min_source_weight is not None:
+            config = config_copy(Path(scratch.name), run_config_edit(args.cascade, args.min_source_weight))
         serving.start(settings, config, http_port=args.port)  # inside: a start that times out still stops Ray
         serve.run(noop_app, name="noop", route_prefix="/noop")
         base = f"http://127.0.0.1:{args.port}"

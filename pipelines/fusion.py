@@ -89,6 +89,8 @@ SOURCES: tuple[Source, ...] = ("tgn", "hgt", "lightgcn", "content", "popularity"
 WEIGHTS = EdgeWeights()  # every source's, as in their own pipelines
 MIN_WEIGHT = 1.0  # a relevant item: evaluation_targets' threshold (one click; not an impression or a low rating)
 EVERY_SOURCE = "fusion (every source asked)"  # fusion without the ranker's low-weight pruning
+# `fusion_min_source_weight` values (the ingress allows 0 to 0.2) whose quality the offline run reports.
+SOURCE_WEIGHT_SWEEP = (0.0, 0.02, 0.05, 0.1, 0.15, 0.2)
 NESTED = ("lightgcn", "hgt", "tgn", "content", "training")
 Scorer = Callable[[Sequence["Request"]], Tensor]  # [B, items of the fit graph]; an all -inf row: no answer
 
@@ -401,6 +403,22 @@ def rankings(stage: StageLists, model: AttentionFusion, sources: Sequence[str], 
     return out
 
 
+def source_weight_sweep(stage: StageLists, model: AttentionFusion, sources: Sequence[str], protocol: RankingProtocol,
+                        weights: Sequence[float] = SOURCE_WEIGHT_SWEEP) -> dict[str, dict[str, float]]:
+    """Fusion as served with each `fusion_min_source_weight`: the model calls per request (the sources worth
+    asking in its context, of those loaded) and the test metrics. A higher weight asks fewer sources: the
+    trade of quality for latency that the ingress's setting makes."""
+    ranker = FusionScorer(model)
+    out = {}
+    for weight in weights:
+        calls = [len(ranker.sources_worth_asking(r.context, sources, weight)) for r in stage.requests]
+        ranked = {r.user: [item for item, _, _ in ranker.rank(stage.asked(r, ranker, weight), r.context)]
+                  for r in stage.requests}
+        out[f"{weight:g}"] = {"calls per request": float(np.mean(calls)),
+                              **protocol.evaluate(ranking_scores(ranked, protocol.graph))}
+    return out
+
+
 def ranking_scores(ranked: Mapping[str, list[str]], graph: BipartiteGraph) -> Callable[[Tensor], Tensor]:
     """A protocol score function from ranked lists: descending scores down each list, -inf elsewhere."""
 
@@ -462,6 +480,7 @@ class FusionRun:
     validation: dict[str, dict[str, float]]  # stage A, the users held out from training: method -> metrics
     attention: dict[str, dict[str, float]]  # context group -> source -> mean weight (both stages' requests)
     summary: dict[str, Any]
+    source_weights: dict[str, dict[str, float]]  # fusion_min_source_weight -> calls per request and test metrics
 
 
 def run_fusion(data: TrainingData, options: FusionOptions, text: TextVectors | None = None) -> FusionRun:
@@ -535,7 +554,8 @@ def run_fusion(data: TrainingData, options: FusionOptions, text: TextVectors | N
     log.info("fusion: test ndcg@20 %.4f (cascade %.4f), recall@20 %.4f (cascade %.4f), %.0f s",
              metrics["fusion"]["ndcg@20"], metrics["cascade"]["ndcg@20"], metrics["fusion"]["recall@20"],
              metrics["cascade"]["recall@20"], summary["total seconds"])
-    return FusionRun(options, training, metrics, validation, attention, summary)
+    return FusionRun(options, training, metrics, validation, attention, summary,
+                     source_weight_sweep(stage_b, model, options.sources, protocol))
 
 
 def train_fusion_artifact(data: TrainingData, artifacts: ArtifactStore, overrides: dict[str, Any]) -> Manifest:
@@ -572,6 +592,7 @@ def train_fusion_artifact(data: TrainingData, artifacts: ArtifactStore, override
                 **run.metrics["fusion"],
                 "baselines": {method: m for method, m in run.metrics.items() if method != "fusion"},
                 "validation": run.validation,
+                "source_weights": run.source_weights,
                 "history": history,
             },
             "item_count": run.summary["items"],

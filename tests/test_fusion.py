@@ -204,6 +204,12 @@ def test_recserve_train_fusion_publishes_a_ranker_with_its_offline_comparison(mo
     assert users > 50 and all(m["num_users"] == users for m in compared.values())  # one protocol, the same users
     assert 0 < manifest.metrics["ndcg@20"] <= 1 and 0 < compared["cascade"]["ndcg@20"] <= 1
     assert not (folder / "embeddings.pt").exists()  # nothing to sync to the vector store
+    # What each fusion_min_source_weight would cost: 0 asks all five sources, higher ones fewer.
+    sweep = manifest.metrics["source_weights"]
+    calls = [sweep[weight]["calls per request"] for weight in ("0", "0.02", "0.05", "0.1", "0.15", "0.2")]
+    assert calls[0] == len(SOURCES) and calls == sorted(calls, reverse=True) and calls[-1] >= 1
+    assert sweep["0.02"]["ndcg@20"] == pytest.approx(manifest.metrics["ndcg@20"])  # the served default
+    assert sweep["0"]["ndcg@20"] == pytest.approx(compared["fusion (every source asked)"]["ndcg@20"])
     report = (tmp_path / "report.md").read_text()
     assert "| fusion |" in report and "| cascade |" in report
     assert "fusion" in capsys.readouterr().out
