@@ -398,9 +398,15 @@ def rankings(stage: StageLists, model: AttentionFusion, sources: Sequence[str], 
            for source, by_user in stage.lists.items()}
     out["cascade"] = {r.user: cascade(stage.cascaded(r), sources, k) for r in stage.requests}
     ranker = FusionScorer(model)
-    out["fusion"] = {r.user: [item for item, _, _ in ranker.rank(stage.asked(r, ranker), r.context)] for r in stage.requests}
-    out[EVERY_SOURCE] = {r.user: [item for item, _, _ in ranker.rank(stage.fused(r), r.context)] for r in stage.requests}
+    out["fusion"] = fusion_rankings(stage, ranker)
+    out[EVERY_SOURCE] = fusion_rankings(stage, ranker, min_weight=0.0)
     return out
+
+
+def fusion_rankings(stage: StageLists, ranker: FusionScorer, min_weight: float = MIN_SOURCE_WEIGHT) -> dict[str, list[str]]:
+    """user -> fusion's ranked item ids as served with `fusion_min_source_weight` = `min_weight` (0 asks every source)."""
+    return {r.user: [item for item, _, _ in ranker.rank(stage.asked(r, ranker, min_weight), r.context)]
+            for r in stage.requests}
 
 
 def source_weight_sweep(stage: StageLists, model: AttentionFusion, sources: Sequence[str], protocol: RankingProtocol,
@@ -412,10 +418,8 @@ def source_weight_sweep(stage: StageLists, model: AttentionFusion, sources: Sequ
     out = {}
     for weight in weights:
         calls = [len(ranker.sources_worth_asking(r.context, sources, weight)) for r in stage.requests]
-        ranked = {r.user: [item for item, _, _ in ranker.rank(stage.asked(r, ranker, weight), r.context)]
-                  for r in stage.requests}
         out[f"{weight:g}"] = {"calls per request": float(np.mean(calls)),
-                              **protocol.evaluate(ranking_scores(ranked, protocol.graph))}
+                              **protocol.evaluate(ranking_scores(fusion_rankings(stage, ranker, weight), protocol.graph))}
     return out
 
 

@@ -10,9 +10,9 @@ from datetime import UTC, datetime
 import pytest
 import torch
 
-from fusion.ranker import AttentionFusion, FusionContext, FusionScorer, evidence, read_config
+from fusion.ranker import MIN_SOURCE_WEIGHT, AttentionFusion, FusionContext, FusionScorer, evidence, read_config
 from fusion.training import FusionExample, FusionTrainingConfig, train_fusion
-from pipelines.fusion import FusionOptions, cascade
+from pipelines.fusion import SOURCE_WEIGHT_SWEEP, FusionOptions, cascade
 
 SOURCES = ["tgn", "hgt", "lightgcn", "content", "popularity"]
 NOON = datetime(2024, 5, 1, 12, 0, tzinfo=UTC)
@@ -206,9 +206,9 @@ def test_recserve_train_fusion_publishes_a_ranker_with_its_offline_comparison(mo
     assert not (folder / "embeddings.pt").exists()  # nothing to sync to the vector store
     # What each fusion_min_source_weight would cost: 0 asks all five sources, higher ones fewer.
     sweep = manifest.metrics["source_weights"]
-    calls = [sweep[weight]["calls per request"] for weight in ("0", "0.02", "0.05", "0.1", "0.15", "0.2")]
+    calls = [sweep[f"{weight:g}"]["calls per request"] for weight in sorted(SOURCE_WEIGHT_SWEEP)]
     assert calls[0] == len(SOURCES) and calls == sorted(calls, reverse=True) and calls[-1] >= 1
-    assert sweep["0.02"]["ndcg@20"] == pytest.approx(manifest.metrics["ndcg@20"])  # the served default
+    assert sweep[f"{MIN_SOURCE_WEIGHT:g}"]["ndcg@20"] == pytest.approx(manifest.metrics["ndcg@20"])  # the default
     assert sweep["0"]["ndcg@20"] == pytest.approx(compared["fusion (every source asked)"]["ndcg@20"])
     report = (tmp_path / "report.md").read_text()
     assert "| fusion |" in report and "| cascade |" in report
