@@ -3,12 +3,16 @@
 State and replicas. The events table in PostgreSQL is the log every replica follows. A replica starts
 from the artifact's state (memory and recent interactions after the training events, up to event id
 `applied_through`), rebuilds the sessions of the last `session_timeout_s` from the stored events and
-session ends, and then applies every event with a higher id, in id order. Before each answer it reads
+session ends, and then applies every event with a higher id, in id order. Before an answer it reads
 what was stored since (`catch_up`), so every replica applies the same events in the same order and a
 restarted replica gets back to the same state: no routing by user is needed, and no state is lost.
 
+- `recommend` reads the log only when it has grown since the replica's last read (stores/log_watch.py:
+  PostgreSQL notifies the replica of every statement that adds events or session ends) or that read is
+  `max_log_staleness_s` old; while the replica cannot listen, every time. A notification reaches the
+  replica within a millisecond of the commit, long before the writer's client can ask again.
 - `observe(event_ids)`: the ingress calls it after storing events; it catches up and reports whether
-  those events are now in memory.
+  those events are now in memory. `session` and `end_session` catch up too.
 - Ids are handed out before commit, so a lower id can become visible after a higher one: ids skipped
   over are re-asked for for `straggler_wait_s` before being given up as rolled back.
 - Events are applied in runs in which no node repeats (`node_disjoint_runs`), which is exactly
@@ -54,6 +58,7 @@ from models.tgn import TGNRecommender
 from models.tgn_training import TGNConfig
 from stores.artifacts import read_json
 from stores.event_store import EventStore, SessionEnd, StoredEventRow
+from stores.log_watch import LogWatch
 from stores.postgres import Database
 
 log = logging.getLogger(__name__)
@@ -65,6 +70,9 @@ END_LOOKBACK = 20
 class TGNUserConfig(ModelUserConfig):
     session_timeout_s: float = Field(default=1800.0, gt=0, description="a session ends after this long idle")
     straggler_wait_s: float = Field(default=10.0, ge=0, description="how long a skipped event id is waited for")
+    max_log_staleness_s: float = Field(
+        default=1.0, gt=0, description="recommend reads the log at least this often without a notification"
+    )
 
 
 def node_disjoint_runs(src: torch.Tensor, dst: torch.Tensor) -> list[tuple[int, int]]:
@@ -98,6 +106,8 @@ class LiveTGN:
     weights: EdgeWeights
     applied_through: int  # highest event id applied
     ends_through: int = 0  # highest session-end id applied
+    read_generation: int = -1  # the LogWatch generation when the log was last read; -1: never
+    read_at: float = float("-inf")  # monotonic time of the last read
     sessions: SessionTracker = field(default_factory=SessionTracker)
     waiting: dict[int, float] = field(default_factory=dict)  # skipped ids -> when first skipped (monotonic)
     lock: asyncio.Lock = field(default_factory=asyncio.Lock)
@@ -238,6 +248,7 @@ class TGNDeployment(ArtifactModel[LiveTGN]):
     def __init__(self, namespace: str, artifacts_dir: str):
         super().__init__(namespace, artifacts_dir)
         self.store = EventStore(Database.from_settings(namespace=namespace))
+        self.log_watch = LogWatch(self.store.db.dsn, namespace)
         self.settings = TGNUserConfig()
 
     def load_artifact(self, folder: Path) -> LiveTGN:
@@ -258,6 +269,7 @@ class TGNDeployment(ArtifactModel[LiveTGN]):
 
     def _read_log(self, live: LiveTGN) -> tuple[list[StoredEventRow], list[SessionEnd]]:
         """Everything stored after the live state's position (blocking; runs off the event loop)."""
+        live.read_generation, live.read_at = self.log_watch.generation, time.monotonic()
         live.give_up_waiting(self.settings.straggler_wait_s)
         rows = self.store.events_after(live.applied_through, also=sorted(live.waiting), limit=LOG_PAGE)
         page = rows
@@ -267,9 +279,21 @@ class TGNDeployment(ArtifactModel[LiveTGN]):
         # An end id can commit after a higher one too; ends are idempotent, so re-read a few.
         return rows, self.store.session_ends_after(max(live.ends_through - END_LOOKBACK, 0))
 
-    async def catch_up(self, live: LiveTGN) -> None:
+    def _log_may_have_grown(self, live: LiveTGN) -> bool:
+        watch = self.log_watch
+        return (
+            not watch.listening
+            or live.read_generation != watch.generation
+            or time.monotonic() - live.read_at >= self.settings.max_log_staleness_s
+        )
+
+    async def catch_up(self, live: LiveTGN, unless_unchanged: bool = False) -> None:
+        """Apply what was stored since the last read; with `unless_unchanged`, only if the log may have grown."""
         # Read in a thread, apply on the event loop: a request never ranks while memory is half-updated.
         async with live.lock:
+            await self.log_watch.listen()
+            if unless_unchanged and not self._log_may_have_grown(live):
+                return
             rows, ends = await asyncio.to_thread(self._read_log, live)
             live.apply(rows)
             live.apply_ends(ends)
@@ -281,7 +305,7 @@ class TGNDeployment(ArtifactModel[LiveTGN]):
         live = self.loaded
         if live is None:
             return []
-        await self.catch_up(live)
+        await self.catch_up(live, unless_unchanged=True)
         now = datetime.now(UTC)
         return live.rank(query, now, query.time.astimezone(UTC) if query.time is not None else now)
 

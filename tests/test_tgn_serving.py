@@ -13,6 +13,7 @@ import requests
 import yaml
 
 from pipelines.training import train_model
+from stores.event_store import EventRow
 from pipelines.serving import DEFAULT_CONFIG
 from tests.serve_process import demo_namespace, serving
 
@@ -149,13 +150,16 @@ def two_tgn_replicas(folder: Path) -> Path:
     app["args"]["models"]["tgn"]["num_cpus"] = 0.25
     tgn = next(d for d in app["deployments"] if d["name"] == "TGNDeployment")
     tgn["num_replicas"] = 2
+    # No periodic reads: what a replica was not told by `observe` it learns from PostgreSQL's notification.
+    tgn["user_config"]["max_log_staleness_s"] = 3600
     path = folder / "two_tgn_replicas.yaml"
     path.write_text(yaml.safe_dump(config))
     return path
 
 
 def test_two_replicas_agree_on_sessions_and_recommendations(running, tmp_path):
-    """Each replica follows the events table, so whichever one a request reaches answers the same."""
+    """Each replica follows the events table, so whichever one a request reaches answers the same, also
+    right after events that reached it only through PostgreSQL."""
     service, store = running
     service.restart(two_tgn_replicas(tmp_path))
     user = f"u-{uuid.uuid4().hex[:8]}"
@@ -169,3 +173,10 @@ def test_two_replicas_agree_on_sessions_and_recommendations(running, tmp_path):
     assert all(s == sessions[0] for s in sessions) and len(sessions[0]) == 3
     assert all([i["item_id"] for i in a] == [i["item_id"] for i in answers[0]] for a in answers)
     assert {i["source"] for a in answers for i in a} == {"tgn"}
+
+    # Events from a writer other than the ingress (no `observe`): each replica learns of them from the notification.
+    store.insert_events([EventRow(user, item, None, "click", None, None, datetime.now(UTC), None)
+                         for item in items_of(store, 6)[3:]])
+    later = [post(service.base, "/v1/recommend", {**query, "exclude_ids": [f"none-{n}"]})["items"] for n in range(8, 16)]
+    assert all([i["item_id"] for i in a] == [i["item_id"] for i in later[0]] for a in later)
+    assert [i["item_id"] for i in later[0]] != [i["item_id"] for i in answers[0]]
