@@ -3,7 +3,7 @@ no-op app of the same topology (the same number of model calls, one after anothe
 once for fusion), deployed on the same Serve instance and measured in the same run.
 
     .venv/bin/python -m benchmarks.serving_latency [--namespace demo] [--requests 400] [--strategies cascade fusion]
-        [--cascade lightgcn popularity] [--min-source-weight 0.1] [--schedules interleaved blocks]
+        [--cascade lightgcn popularity] [--min-source-weight 0.1] [--clients 1 8] [--schedules interleaved blocks]
 
 `--cascade` replaces the ingress's cascade of serve_config.yaml for the run, e.g. to measure ingress ->
 LightGCN alone (LightGCN fills k for every known user, so the cascade makes one model call).
@@ -159,13 +159,14 @@ def main() -> None:
     parser.add_argument("--phases", nargs="+", choices=["cold", "warm"], default=["cold", "warm"])
     parser.add_argument("--cascade", nargs="+", choices=MODELS, help="the ingress's cascade for this run")
     parser.add_argument("--min-source-weight", type=float, help="the ingress's fusion_min_source_weight for this run")
+    parser.add_argument("--clients", nargs="+", type=int, default=[1, 8], help="a row per number of concurrent clients")
     parser.add_argument("--schedules", nargs="+", choices=list(SCHEDULES), default=list(SCHEDULES),
                         help="how the two apps share the run (see timed_run)")
     args = parser.parse_args()
     settings = get_settings()
     if args.namespace:
         settings = settings.model_copy(update={"namespace": args.namespace})
-    warmup, rows = 30, (1, 8)
+    warmup, rows = 30, args.clients
     wanted = len(args.strategies) * (warmup + args.requests * len(rows) * len(args.schedules))
     users = EventStore(Database.from_settings(settings)).events_frame()["user_id"].dropna().unique()
     if len(users) < wanted:

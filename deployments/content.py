@@ -61,9 +61,10 @@ class ContentDeployment(ArtifactModel[str]):
         super().__init__(namespace, artifacts_dir)
         self.namespace = namespace
         self.store = VectorStore.from_settings(get_settings())
-        # One thread owns the store: the embedded engine's readers are not shared across threads, and a
-        # server's HTTP calls stay off the event loop.
-        self.store_thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="vector-store")
+        # One thread owns the store, as the embedded engine's readers are not shared across threads. Its reads
+        # are local and take well under a millisecond, so that thread is the event loop's own: a hop to a worker
+        # cost more than the read on a busy machine. A server's HTTP calls go to a worker, off the event loop.
+        self.store_thread = None if self.store.in_process else ThreadPoolExecutor(1, thread_name_prefix="vector-store")
         self.encoder = TextEncoder(device=replica_device())
         self.encoder.encode(["warm up"])  # loads the model now, not on the first request
 
@@ -80,6 +81,8 @@ class ContentDeployment(ArtifactModel[str]):
         return version
 
     async def _store(self, call, *args, **kwargs):
+        if self.store_thread is None:
+            return call(*args, **kwargs)
         return await asyncio.get_running_loop().run_in_executor(self.store_thread, lambda: call(*args, **kwargs))
 
     async def status(self) -> ModelStatus:

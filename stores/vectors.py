@@ -108,6 +108,11 @@ class VectorStore:
             return cls(ServerBackend(client))
         return cls(EmbeddedBackend(settings.state_dir / "vectors"))
 
+    @property
+    def in_process(self) -> bool:
+        """Whether the store is the embedded engine, read from local files, rather than a server."""
+        return isinstance(self.backend, EmbeddedBackend)
+
     def close(self) -> None:
         self.backend.close()
 
