@@ -49,6 +49,7 @@ from deployments.contract import (
     ModelQuery,
     ModelUserConfig,
 )
+from deployments.devices import replica_device
 from graph_builders.edge_weights import EdgeWeights
 from graph_builders.temporal import event_messages
 from models.item_index import ItemIndex
@@ -124,15 +125,15 @@ class LiveTGN:
         return torch.from_numpy(event_messages(frame, self.weights))
 
     @classmethod
-    def load(cls, folder: Path) -> LiveTGN:
-        saved = torch.load(folder / "model.pt", weights_only=True)
-        state = torch.load(folder / "state.pt", weights_only=True)
+    def load(cls, folder: Path, device: str = "cpu") -> LiveTGN:
+        saved = torch.load(folder / "model.pt", map_location="cpu", weights_only=True)
+        state = torch.load(folder / "state.pt", map_location="cpu", weights_only=True)
         items = ItemIndex.load(folder)
         user_keys = read_json(folder / "users.json")["user_keys"]
         model = TGNConfig.model_validate(saved["config"]).build(len(items), len(user_keys), saved["msg_dim"])
         model.load_weights(saved["weights"])
         model.load_state(state)
-        model.eval()
+        model.eval().to(device)  # inputs built on the CPU follow the model (TGNRecommender moves them)
         nodes = {key: len(items) + i for i, key in enumerate(user_keys)}
         weights = EdgeWeights.model_validate(saved["edge_weights"])
         return cls(model, items, nodes, weights, int(state["applied_through"]))
@@ -252,7 +253,7 @@ class TGNDeployment(ArtifactModel[LiveTGN]):
         self.settings = TGNUserConfig()
 
     def load_artifact(self, folder: Path) -> LiveTGN:
-        live = LiveTGN.load(folder)
+        live = LiveTGN.load(folder, device=replica_device())
         live.sessions.set_timeout(self.settings.session_timeout_s)
         live.rebuild_sessions(self.store, datetime.now(UTC))
         rows, ends = self._read_log(live)

@@ -24,7 +24,8 @@ def top_k_items(
     scores = scores.unsqueeze(0) if squeeze else scores
     scores = scores.clone()
     if allowed is not None:
-        scores.masked_fill_(~allowed.expand_as(scores), float("-inf"))
+        # Catalogue masks are built on the CPU (ItemIndex.mask); masked_fill_ needs them on the scores' device.
+        scores.masked_fill_(~allowed.to(scores.device).expand_as(scores), float("-inf"))
     if exclude is not None:
         mask_items(scores, exclude)
     values, indices = torch.topk(scores, min(k, scores.size(-1)), dim=-1)

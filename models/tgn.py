@@ -200,6 +200,11 @@ class TGNRecommender(Module):
         # `.to(device)` moves parameters and buffers; the history's tensors must follow them.
         super()._apply(fn, recurse)
         self.history.apply(fn)
+        if not self.memory.training:
+            # PyG keeps the memory's message stores in plain dicts, which `.to` does not reach; a loaded model
+            # moved to cuda then failed in torch.cat on the first event. In eval mode they hold nothing
+            # pending (each message is applied as it arrives), so they start afresh on the new device.
+            self.memory._reset_message_store()
         return self
 
     def train(self, mode: bool = True) -> TGNRecommender:
@@ -257,11 +262,14 @@ class TGNRecommender(Module):
 
     def user_queries(self, nodes: Tensor, query_t: Tensor) -> Tensor:
         """Query vectors of stored user/session nodes at times `query_t`."""
+        # Serving builds its inputs on the CPU (deployments/tgn.py); they follow the model, as in `user_vectors`.
+        nodes, query_t = nodes.to(self.memory.device), query_t.to(self.memory.device)
         memory, _ = self.memory(nodes)
         return self.query_vectors(memory, self.history.recent(nodes), query_t)
 
     def session_query(self, items: Tensor, t: Tensor, msg: Tensor, query_t: Tensor) -> Tensor:
         """[1, d] query vector of an anonymous session: no memory, attending over `items` (oldest first)."""
+        items, t, msg, query_t = (x.to(self.memory.device) for x in (items, t, msg, query_t))
         n = items.numel()
         recent = RecentInteractions(items.new_zeros(n), items, t, msg, torch.arange(n - 1, -1, -1, device=items.device))
         keep = recent.rank < self.history.size
@@ -282,6 +290,7 @@ class TGNRecommender(Module):
         update is applied at that last update's time, so late or replayed events cannot rewind memory.
         """
         last = self.memory.last_update
+        src, dst, t, msg = (x.to(last.device) for x in (src, dst, t, msg))
         t = torch.maximum(t, torch.maximum(last[src], last[dst]))
         self.memory.update_state(src, dst, t, msg)
         self.history.insert(src, dst, t, msg)

@@ -100,14 +100,17 @@ def fit_selected(graph: HeteroGraph, options: HGTOptions) -> HGTTrainingResult:
 
 def serving_index(graph: HeteroGraph, result: HGTTrainingResult, items: pd.DataFrame) -> HGTIndex:
     """What the trained model serves, in memory (as `HGTIndex.load` reads it back from an artifact)."""
+    # On the trained model's device, as `HGTIndex.load(device=...)` puts them: a cold user's segment rows
+    # are picked with indices on that device.
+    device = result.layers[0]["item"].device
     return HGTIndex(
         model=result.model.eval(),
         layers=result.layers,
         node_index=graph.node_index,
         items=ItemIndex.from_items(graph.node_ids["item"], items),
         badges=item_badges(graph),
-        popularity=item_popularity(graph),
-        segment_items=segment_item_shares(graph),
+        popularity=item_popularity(graph).to(device),
+        segment_items={t: shares.to(device) for t, shares in segment_item_shares(graph).items()},
     )
 
 
