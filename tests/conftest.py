@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import os
 import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
@@ -34,9 +36,9 @@ def dsn(tmp_path_factory):
     stop_embedded(state_dir)
 
 
-@pytest.fixture
-def db(dsn):
-    """A fresh, migrated namespace for one test."""
+@contextmanager
+def migrated_namespace(dsn: str) -> Iterator[Database]:
+    """A fresh, migrated namespace, dropped afterwards."""
     from stores.migrations import drop_namespace, migrate
 
     database = Database(dsn, f"t_{uuid.uuid4().hex[:12]}", max_connections=4)
@@ -44,3 +46,17 @@ def db(dsn):
     yield database
     drop_namespace(database)
     database.close()
+
+
+@pytest.fixture
+def db(dsn):
+    """A fresh, migrated namespace for one test."""
+    with migrated_namespace(dsn) as database:
+        yield database
+
+
+@pytest.fixture
+def other_db(dsn):
+    """A second namespace beside `db`, for what must not cross between namespaces."""
+    with migrated_namespace(dsn) as database:
+        yield database

@@ -4,16 +4,12 @@ session ends in its namespace, not with another namespace's, and a lost connecti
 from __future__ import annotations
 
 import asyncio
-import uuid
 from datetime import UTC, datetime
 
 import psycopg2
-import pytest
 
 from stores.event_store import EventRow, EventStore
 from stores.log_watch import LogWatch
-from stores.migrations import drop_namespace, migrate
-from stores.postgres import Database
 
 ROW = EventRow("u1", "i1", None, "click", None, None, datetime(2026, 1, 2, tzinfo=UTC), None)
 
@@ -26,17 +22,8 @@ async def grows(watch: LogWatch, before: int, wait_s: float = 2.0) -> bool:
     return watch.generation != before
 
 
-@pytest.fixture
-def other_namespace(dsn):
-    database = Database(dsn, f"t_{uuid.uuid4().hex[:12]}", max_connections=2)
-    migrate(database)
-    yield database
-    drop_namespace(database)
-    database.close()
-
-
-def test_generation_counts_this_namespace_s_additions(db, dsn, other_namespace):
-    store, other = EventStore(db), EventStore(other_namespace)
+def test_generation_counts_this_namespace_s_additions(db, dsn, other_db):
+    store, other = EventStore(db), EventStore(other_db)
 
     async def scenario() -> None:
         watch = LogWatch(dsn, db.namespace)
@@ -74,10 +61,10 @@ def test_a_lost_connection_stops_listening_until_it_listens_again(db, dsn):
     asyncio.run(scenario())
 
 
-def test_a_namespace_without_the_trigger_is_not_listened_to(dsn, other_namespace):
-    with other_namespace.cursor() as cur:
+def test_a_namespace_without_the_trigger_is_not_listened_to(dsn, other_db):
+    with other_db.cursor() as cur:
         cur.execute("DROP TRIGGER events_notify_log ON events")
-    watch = LogWatch(dsn, other_namespace.namespace)
+    watch = LogWatch(dsn, other_db.namespace)
     asyncio.run(watch.listen())
     assert not watch.listening  # its follower reads before every answer, as before migration 0003
 
