@@ -26,7 +26,8 @@ log = logging.getLogger(__name__)
 
 CHANNEL = "recserve_log"
 TRIGGER_INSTALLED = """
-    SELECT EXISTS (SELECT 1 FROM pg_trigger t JOIN pg_class c ON c.oid = t.tgrelid JOIN pg_namespace n ON n.oid = c.relnamespace
+    SELECT EXISTS (SELECT 1 FROM pg_trigger t
+                   JOIN pg_class c ON c.oid = t.tgrelid JOIN pg_namespace n ON n.oid = c.relnamespace
                    WHERE n.nspname = %s AND c.relname = 'events' AND t.tgname = 'events_notify_log')
 """
 
@@ -36,6 +37,8 @@ class NotMigrated(Exception):
 
 
 class LogWatch:
+    """One namespace's notifications, counted in `generation`, on a listening connection of its own."""
+
     def __init__(self, dsn: str, namespace: str, retry_s: float = 5.0, timer: Callable[[], float] = time.monotonic):
         self.dsn, self.namespace = dsn, namespace
         self.retry_s = retry_s  # how long after a failed connection to try again
@@ -45,6 +48,7 @@ class LogWatch:
         self._fd = -1  # the connection's socket, kept: a broken connection may no longer tell it
         self._loop: asyncio.AbstractEventLoop | None = None
         self._retry_at = 0.0
+        self._failing = False  # warned of the current outage already: one warning per outage
 
     @property
     def listening(self) -> bool:
@@ -59,21 +63,27 @@ class LogWatch:
             conn = await asyncio.to_thread(self._connect)
         except (psycopg2.Error, NotMigrated) as error:
             self._retry_at = self._timer() + self.retry_s
-            log.warning("log watch: cannot listen (the log is read before every answer meanwhile): %s", error)
+            if not self._failing:
+                log.warning("log watch: cannot listen (the log is read before every answer meanwhile): %s", error)
+            self._failing = True
             return
+        self._failing = False
         self._conn, self._fd, self._loop = conn, conn.fileno(), asyncio.get_running_loop()
         self._loop.add_reader(self._fd, self._drain)
         self.generation += 1  # what was added before LISTEN took effect was announced to no one
 
     def _connect(self) -> psycopg2.extensions.connection:
         conn = psycopg2.connect(self.dsn, connect_timeout=5, application_name="recserve-log-watch")
-        conn.autocommit = True  # LISTEN takes effect at once, not at a commit
-        with conn.cursor() as cur:
-            cur.execute(TRIGGER_INSTALLED, (self.namespace,))
-            if not cur.fetchone()[0]:
-                conn.close()
-                raise NotMigrated(f"namespace {self.namespace!r} has no notify trigger: run `recserve migrate`")
-            cur.execute(f"LISTEN {CHANNEL}")
+        try:
+            conn.autocommit = True  # LISTEN takes effect at once, not at a commit
+            with conn.cursor() as cur:
+                cur.execute(TRIGGER_INSTALLED, (self.namespace,))
+                if not cur.fetchone()[0]:
+                    raise NotMigrated(f"namespace {self.namespace!r} has no notify trigger: run `recserve migrate`")
+                cur.execute(f"LISTEN {CHANNEL}")
+        except BaseException:
+            conn.close()
+            raise
         return conn
 
     def _drain(self) -> None:
