@@ -12,9 +12,9 @@ import pytest
 import requests
 import yaml
 
+from pipelines.serving import DEFAULT_CONFIG
 from pipelines.training import train_model
 from stores.event_store import EventRow
-from pipelines.serving import DEFAULT_CONFIG
 from tests.serve_process import demo_namespace, serving
 
 pytestmark = pytest.mark.serve
