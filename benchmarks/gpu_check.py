@@ -75,9 +75,9 @@ from models.evaluation import evaluate_full_ranking
 from models.item_index import ItemIndex
 from models.lightgcn import LightGCN
 from models.lightgcn_training import LightGCNConfig, train_lightgcn
+from pipelines.lightgcn import write_lightgcn_artifact
 from pipelines.datasets import read_dataset
 from pipelines.protocol import RankingProtocol, TrainingData
-from stores.artifacts import write_json
 
 DEVICES = ("desktop", "mobile", "tv")
 SCORE_TOL = 1e-4  # same weights on both devices: float32 sums in another order
@@ -230,12 +230,13 @@ def movielens(data_dir: Path) -> MovieLens:
 @dataclass
 class LightGCNRun:
     gpu: object = None  # TrainingResult on the device
+    config: LightGCNConfig | None = None
     adjacency: Tensor | None = None
 
 
 def check_lightgcn_train(ml: MovieLens, device: str, epochs: int, state: LightGCNRun) -> Comparison:
     graph, protocol = ml.protocol.graph, ml.protocol
-    config = LightGCNConfig(loss="bpr", batch_size=2048, max_epochs=epochs, device=device)
+    state.config = config = LightGCNConfig(loss="bpr", batch_size=2048, max_epochs=epochs, device=device)
     state.adjacency = graph.normalized_adjacency(config.edge_values)
     args = (state.adjacency, graph.edge_index, graph.num_users, graph.num_items)
     state.gpu = gpu = train_lightgcn(*args, config)
@@ -278,9 +279,7 @@ def check_lightgcn_serve(ml: MovieLens, device: str, state: LightGCNRun, folder:
 
     graph = ml.protocol.graph
     folder.mkdir(parents=True, exist_ok=True)
-    state.gpu.embeddings.save(folder)  # as pipelines/lightgcn.py writes the artifact
-    write_json(folder / "users.json", {"user_ids": graph.user_ids})
-    ItemIndex.from_items(graph.item_ids, ml.data.items).save(folder)
+    write_lightgcn_artifact(folder, state.config, state.gpu, graph, ItemIndex.from_items(graph.item_ids, ml.data.items))
     on_cpu, on_device = LoadedLightGCN.load(folder, "cpu"), LoadedLightGCN.load(folder, device)
     check = Comparison()
     check.details["embeddings device"] = str(on_device.embeddings.users.device)
@@ -330,26 +329,19 @@ def check_tgn_serve(ml: MovieLens, device: str, state: TGNRun, folder: Path) -> 
     ray_stand_in()
     from deployments.contract import ModelQuery
     from deployments.tgn import LiveTGN, node_disjoint_runs
-    from models.tgn_training import TGNConfig
-    from pipelines.tgn import tgn_embeddings
+    from pipelines.tgn import tgn_embeddings, write_tgn_artifact
     from stores.event_store import StoredEventRow
 
     run, weights = state.run, EdgeWeights()
     model = run.result.model
-    config = TGNConfig.model_validate(run.options.model_dump(include=set(TGNConfig.model_fields)))
-    folder.mkdir(parents=True, exist_ok=True)
-    # As pipelines/tgn.py `train_tgn_artifact` writes it.
-    torch.save({"config": config.model_dump(), "weights": model.weights(), "msg_dim": int(run.test.msg.size(1)),
-                "edge_weights": weights.model_dump()}, folder / "model.pt")
-    torch.save({**model.state(), "applied_through": 0}, folder / "state.pt")
-    write_json(folder / "users.json", {"user_keys": list(run.nodes)})
-    run.items.save(folder)
-
-    on_cpu, on_device = LiveTGN.load(folder), LiveTGN.load(folder, device=device)  # as the replica loads it
-    check = Comparison()
     last = int(epoch_seconds(ml.data.events["ts"]).max())
     users = set(ml.data.events["user_id"].astype(str))
     keys_device, vectors_device = tgn_embeddings(model, run.nodes, users, last)
+    folder.mkdir(parents=True, exist_ok=True)
+    write_tgn_artifact(folder, run, weights, 0, last, keys_device, vectors_device)
+
+    on_cpu, on_device = LiveTGN.load(folder), LiveTGN.load(folder, device=device)  # as the replica loads it
+    check = Comparison()
     keys_cpu, vectors_cpu = tgn_embeddings(on_cpu.model, on_cpu.nodes, users, last)
     if keys_device != keys_cpu:
         check.failures.append("tgn_embeddings: different users")

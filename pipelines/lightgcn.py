@@ -64,6 +64,15 @@ def fit_on(graph: BipartiteGraph, config: LightGCNConfig, evaluate=None) -> Trai
     return train_lightgcn(adjacency, graph.edge_index, graph.num_users, graph.num_items, config, evaluate)
 
 
+def write_lightgcn_artifact(folder: Path, config: LightGCNConfig, trained: TrainingResult, graph: BipartiteGraph,
+                            items: ItemIndex) -> None:
+    """The files of a LightGCN artifact, as `deployments.lightgcn.LoadedLightGCN.load` and the embedding sync read them."""
+    torch.save({"config": config.model_dump(), "state_dict": trained.model.state_dict()}, folder / "model.pt")
+    trained.embeddings.save(folder)
+    write_json(folder / "users.json", {"user_ids": graph.user_ids})
+    items.save(folder)
+
+
 def train_lightgcn_artifact(data: TrainingData, artifacts: ArtifactStore, overrides: dict[str, Any]) -> Manifest:
     options = LightGCNOptions.model_validate(overrides)
     config = LightGCNConfig.model_validate(options.model_dump(include=set(LightGCNConfig.model_fields)))
@@ -88,10 +97,7 @@ def train_lightgcn_artifact(data: TrainingData, artifacts: ArtifactStore, overri
     items = ItemIndex.from_items(served_graph.item_ids, data.items)
 
     def build(folder: Path) -> None:
-        torch.save({"config": config.model_dump(), "state_dict": served.model.state_dict()}, folder / "model.pt")
-        served.embeddings.save(folder)
-        write_json(folder / "users.json", {"user_ids": served_graph.user_ids})
-        items.save(folder)
+        write_lightgcn_artifact(folder, config, served, served_graph, items)
 
     history = curve_rows(selected.history)
     return artifacts.publish(

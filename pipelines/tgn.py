@@ -229,13 +229,26 @@ def tgn_embeddings(model: TGNRecommender, nodes: dict[str, int], user_ids: set[s
     return keys, UserItemEmbeddings(users, items)
 
 
+def write_tgn_artifact(folder: Path, run: NextItemRun, weights: EdgeWeights, applied_through: int,
+                       vectors_at: int, user_ids: list[str], embeddings: UserItemEmbeddings) -> None:
+    """The files of a TGN artifact, as `deployments.tgn.LiveTGN.load` and the embedding sync read them: the model
+    after every event of `run`, the log position it stands at, and the users' vectors at `vectors_at`."""
+    model = run.result.model
+    config = TGNConfig.model_validate(run.options.model_dump(include=set(TGNConfig.model_fields)))
+    torch.save({"config": config.model_dump(), "weights": model.weights(), "msg_dim": int(run.test.msg.size(1)),
+                "edge_weights": weights.model_dump()}, folder / "model.pt")
+    torch.save({**model.state(), "applied_through": applied_through}, folder / "state.pt")
+    # user_keys: every node (serving's id map); user_ids: the rows of embeddings.pt (embedding sync).
+    write_json(folder / "users.json", {"user_keys": list(run.nodes), "user_ids": user_ids, "vectors_at": vectors_at})
+    run.items.save(folder)
+    embeddings.save(folder)
+
+
 def train_tgn_artifact(data: TrainingData, artifacts: ArtifactStore, overrides: dict[str, Any]) -> Manifest:
     options = TGNOptions.model_validate(overrides)
-    config = TGNConfig.model_validate(options.model_dump(include=set(TGNConfig.model_fields)))
     weights = EdgeWeights()
     run = run_next_item(data, options, weights)
     model, result, items = run.result.model, run.result, run.items
-    keys = list(run.nodes)
     baselines = baseline_metrics(run.history, items, run.targets, run.cases, options.session_gap_s, run.exclude)
     applied_through = data.through_event_id
     last_event = int(epoch_seconds(data.events["ts"]).max())
@@ -243,13 +256,7 @@ def train_tgn_artifact(data: TrainingData, artifacts: ArtifactStore, overrides: 
                                           last_event)
 
     def build(folder: Path) -> None:
-        torch.save({"config": config.model_dump(), "weights": model.weights(), "msg_dim": int(run.test.msg.size(1)),
-                    "edge_weights": weights.model_dump()}, folder / "model.pt")
-        torch.save({**model.state(), "applied_through": applied_through}, folder / "state.pt")
-        # user_keys: every node (serving's id map); user_ids: the rows of embeddings.pt (embedding sync).
-        write_json(folder / "users.json", {"user_keys": keys, "user_ids": user_ids, "vectors_at": last_event})
-        items.save(folder)
-        embeddings.save(folder)
+        write_tgn_artifact(folder, run, weights, applied_through, last_event, user_ids, embeddings)
 
     history_rows = [{"epoch": r.epoch, "seconds": round(r.train_seconds, 2), "loss": r.loss,
                      **{f"validation {k}": v for k, v in r.metrics.items() if k in ("recall@20", "mrr@20")}}
