@@ -292,7 +292,7 @@ class TGNDeployment(ArtifactModel[LiveTGN]):
         """Apply what was stored since the last read; with `unless_unchanged`, only if the log may have grown."""
         # Read in a thread, apply on the event loop: a request never ranks while memory is half-updated.
         async with live.lock:
-            await self.log_watch.listen()
+            self.log_watch.listen_soon()
             if unless_unchanged and not self._log_may_have_grown(live):
                 return
             rows, ends = await asyncio.to_thread(self._read_log, live)

@@ -49,10 +49,16 @@ class LogWatch:
         self._loop: asyncio.AbstractEventLoop | None = None
         self._retry_at = 0.0
         self._failing = False  # warned of the current outage already: one warning per outage
+        self._trying: asyncio.Task | None = None  # listen_soon's attempt; held, as tasks are weakly referenced
 
     @property
     def listening(self) -> bool:
         return self._conn is not None
+
+    def listen_soon(self) -> None:
+        """`listen` in a task of its own, so that no request waits for a connection (or its timeout)."""
+        if self._conn is None and (self._trying is None or self._trying.done()) and self._timer() >= self._retry_at:
+            self._trying = asyncio.get_running_loop().create_task(self.listen())
 
     async def listen(self) -> None:
         """Start listening, unless already listening or a connection failed under `retry_s` ago.

@@ -27,8 +27,9 @@ def test_generation_counts_this_namespace_s_additions(db, dsn, other_db):
 
     async def scenario() -> None:
         watch = LogWatch(dsn, db.namespace)
+        watch.listen_soon()  # in the background: a request does not wait for the connection
         assert not watch.listening
-        await watch.listen()
+        await asyncio.wait_for(watch._trying, 5)
         assert watch.listening and watch.generation == 1  # listening anew: anything may have been missed
         await asyncio.to_thread(other.insert_events, [ROW])
         assert not await grows(watch, 1, wait_s=0.3)
