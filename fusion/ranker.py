@@ -106,24 +106,32 @@ def evidence(lists: Mapping[str, Ranked], sources: Sequence[str]) -> tuple[list[
 
 
 def evidence_arrays(lists: Mapping[str, Ranked], sources: Sequence[str]) -> tuple[list[str], np.ndarray, np.ndarray]:
-    """`evidence` as numpy arrays."""
+    """`evidence` as numpy arrays. Every list is handled in one pass of array operations: the ingress runs
+    this for each fusion request, and numpy's per-call overhead would dwarf the arithmetic of a per-list loop."""
+    ranked = [lists.get(source) or () for source in sources]
+    answered = np.array([len(r) > 0 for r in ranked], dtype=bool)
+    lengths = np.array([len(r) for r in ranked])
+    total = int(lengths.sum())
     items: dict[str, int] = {}
-    for source in sources:
-        for item_id, _ in lists.get(source, ()):
+    for candidates in ranked:
+        for item_id, _ in candidates:
             items.setdefault(item_id, len(items))
     out = np.zeros((len(items), len(sources), EVIDENCE_DIM), dtype=np.float32)
-    answered = np.zeros(len(sources), dtype=bool)
-    for s, source in enumerate(sources):
-        ranked = lists.get(source, ())
-        if not ranked:
-            continue
-        answered[s] = True
-        rows = [items[item_id] for item_id, _ in ranked]
-        scores = np.array([score for _, score in ranked], dtype=np.float32)
-        spread = scores.std() if len(scores) > 1 else 0.0
-        out[rows, s, 0] = 1.0
-        out[rows, s, 1] = (scores - scores.mean()) / max(spread, 1e-6)
-        out[rows, s, 2] = 1.0 / np.arange(1, len(ranked) + 1, dtype=np.float32)
+    if not total:
+        return list(items), out, answered
+    rows = np.fromiter((items[item_id] for r in ranked for item_id, _ in r), dtype=np.intp, count=total)
+    scores = np.fromiter((score for r in ranked for _, score in r), dtype=np.float32, count=total)
+    columns = np.repeat(np.arange(len(sources)), lengths)
+    starts = np.cumsum(lengths) - lengths
+    present = lengths[answered]
+    # Each list's scores as z-scores (a list of one has no spread: z = 0).
+    mean = np.add.reduceat(scores, starts[answered]) / present
+    deviation = scores - np.repeat(mean, present).astype(np.float32)
+    spread = np.sqrt(np.add.reduceat(deviation * deviation, starts[answered]) / present)
+    spread = np.where(present > 1, np.maximum(spread, 1e-6), 1.0)
+    out[rows, columns, 0] = 1.0
+    out[rows, columns, 1] = deviation / np.repeat(spread, present)
+    out[rows, columns, 2] = 1.0 / (np.arange(total) - np.repeat(starts, lengths) + 1)
     return list(items), out, answered
 
 

@@ -22,6 +22,15 @@ from stores.postgres import resolve_dsn
 from stores.settings import REPO_ROOT, Settings
 
 DEFAULT_CONFIG = REPO_ROOT / "serve_config.yaml"
+# Ray Serve's throughput-optimized settings (its "Performance Tuning" guide), less direct ingress, which would
+# have every ingress replica open HTTP and gRPC ports of its own instead of the proxy's one on 127.0.0.1.
+# They halve a fusion request's latency on the 2-core benchmark machine (BENCHMARKS.md). Read by every Ray
+# process at start, so they are set before Ray starts; a value already in the environment wins.
+SERVE_FAST_PATH_ENV = {
+    "RAY_SERVE_RUN_USER_CODE_IN_SEPARATE_THREAD": "0",  # user code on the replica's event loop: no thread hop
+    "RAY_SERVE_RUN_ROUTER_IN_SEPARATE_LOOP": "0",  # handle calls routed on the caller's loop: no thread hop
+    "RAY_SERVE_USE_GRPC_BY_DEFAULT": "1",  # deployment handles call each other over gRPC, by value
+}
 log = logging.getLogger(__name__)
 
 
@@ -39,6 +48,9 @@ def load_serve_config(path: Path, http_port: int | None = None, namespace: str |
 
 def start(settings: Settings, config_path: Path = DEFAULT_CONFIG, http_port: int | None = None, timeout_s: float = 180):
     """Start Ray + Serve and wait until every application is RUNNING. Returns the deployed config."""
+    if settings.serve_fast_path:
+        for name, value in SERVE_FAST_PATH_ENV.items():
+            os.environ.setdefault(name, value)
     import ray
     from ray import serve
     from ray.serve._private import api as serve_api  # what `serve run <config>` itself calls

@@ -290,7 +290,7 @@ class EventStore:
 
     def seen_items(self, user_id: str, limit: int = 5000) -> list[str]:
         """The items a user interacted with, newest first (for exclude-seen)."""
-        with self.db.cursor() as cur:
+        with self.db.read_cursor() as cur:
             cur.execute(
                 "SELECT item_id FROM events WHERE user_id = %s GROUP BY item_id ORDER BY max(ts) DESC LIMIT %s",
                 (user_id, limit),
@@ -314,7 +314,7 @@ class EventStore:
 
     def items_by_id(self, item_ids: Iterable[str]) -> dict[str, dict]:
         ids = list(item_ids)
-        with self.db.cursor() as cur:
+        with self.db.read_cursor() as cur:
             cur.execute(
                 "SELECT item_id, title, provider, category, badges FROM items WHERE item_id = ANY(%s)", (ids,)
             )
@@ -326,7 +326,7 @@ class EventStore:
         `also` names ids the caller still waits on: a bigserial id is taken at insert, so a lower id
         can commit after a higher one was already read.
         """
-        with self.db.cursor() as cur:
+        with self.db.read_cursor() as cur:
             # Two index range scans: an OR of both conditions makes PostgreSQL scan the whole index.
             cur.execute(
                 f"SELECT * FROM ((SELECT {STORED_EVENT_COLUMNS} FROM events WHERE event_id > %s "
@@ -350,7 +350,7 @@ class EventStore:
             return cur.fetchone()[0]
 
     def session_ends_after(self, end_id: int) -> list[SessionEnd]:
-        with self.db.cursor() as cur:
+        with self.db.read_cursor() as cur:
             cur.execute(
                 "SELECT end_id, session_key, ended_at FROM session_ends WHERE end_id > %s ORDER BY end_id", (end_id,)
             )

@@ -89,23 +89,37 @@ class Database:
             return self._pool
 
     @contextmanager
-    def connection(self) -> Iterator[psycopg2.extensions.connection]:
-        """A pooled connection inside one transaction: commit on success, rollback on error."""
+    def connection(self, autocommit: bool = False) -> Iterator[psycopg2.extensions.connection]:
+        """A pooled connection inside one transaction: commit on success, rollback on error. With
+        `autocommit`, no transaction: each statement commits on its own."""
         pool = self._get_pool()
         conn = pool.getconn()
         broken = False
         try:
-            with conn:  # commits or rolls back
+            if autocommit:
+                conn.autocommit = True
                 yield conn
+            else:
+                with conn:  # commits or rolls back
+                    yield conn
         except UNAVAILABLE_ERRORS:
             broken = True
             raise
         finally:
+            if autocommit and conn.closed == 0:
+                conn.autocommit = False  # the pool hands out transactional connections
             pool.putconn(conn, close=broken or conn.closed != 0)
 
     @contextmanager
     def cursor(self) -> Iterator[psycopg2.extensions.cursor]:
         with self.connection() as conn, conn.cursor() as cur:
+            yield cur
+
+    @contextmanager
+    def read_cursor(self) -> Iterator[psycopg2.extensions.cursor]:
+        """A cursor for ONE read statement, outside a transaction: one round trip to the server instead of
+        three (BEGIN, the statement, COMMIT). For the reads on the serving path."""
+        with self.connection(autocommit=True) as conn, conn.cursor() as cur:
             yield cur
 
     def close(self) -> None:

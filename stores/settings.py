@@ -49,6 +49,11 @@ class Settings(BaseSettings):
         description="Bearer token of the admin endpoints (train, load). Unset: those endpoints answer 403.",
     )
     db_pool_max: int = Field(default=8, ge=1, le=64, description="Connections per process pool.")
+    serve_fast_path: bool = Field(
+        default=True,
+        description="recserve serve: Ray Serve runs user code and handle routing on each replica's event loop, and "
+        "deployment handles call over gRPC (pipelines/serving.py, SERVE_FAST_PATH_ENV).",
+    )
 
     @field_validator("namespace")
     @classmethod

@@ -12,6 +12,7 @@ Where the vectors live is `stores/vector_backends.py`: Qdrant's embedded engine 
 
 from __future__ import annotations
 
+import functools
 import re
 import time
 import uuid
@@ -43,6 +44,7 @@ POINT_ID_NAMESPACE = uuid.UUID("1db4e6b0-c839-59c9-83f4-ec0808f26820")
 _NAME_PART = re.compile(r"^[A-Za-z0-9][A-Za-z0-9.-]*(?:_[A-Za-z0-9.-]+)*$")
 
 
+@functools.lru_cache(maxsize=1 << 16)  # every search maps its excluded ids (a user's history) again
 def point_id(item_or_user_id: str) -> str:
     """Qdrant takes only unsigned ints or UUIDs as point ids; ours are strings, so map them with uuid5."""
     return str(uuid.uuid5(POINT_ID_NAMESPACE, item_or_user_id))
