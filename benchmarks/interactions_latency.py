@@ -13,10 +13,12 @@ from __future__ import annotations
 
 import argparse
 import random
+import tempfile
 import uuid
 from datetime import UTC, datetime
+from pathlib import Path
 
-from benchmarks.serving_latency import print_ratio_rows, timed_run
+from benchmarks.serving_latency import config_copy, print_ratio_rows, timed_run
 from pipelines import serving
 from stores.event_store import EventStore
 from stores.postgres import Database
@@ -41,13 +43,9 @@ def main() -> None:
         return [{"user_id": rng.choice(users), "item_id": rng.choice(items), "event_type": "click",
                  "ts": datetime.now(UTC).isoformat(), "idempotency_key": uuid.uuid4().hex} for _ in range(n)]
 
-    from ray import serve
-
-    from benchmarks.noop_app import noop_app
-
+    scratch = tempfile.TemporaryDirectory()
     try:
-        serving.start(settings, http_port=args.port)
-        serve.run(noop_app, name="noop", route_prefix="/noop")
+        serving.start(settings, config_copy(Path(scratch.name)), http_port=args.port)
         base = f"http://127.0.0.1:{args.port}"
         urls = {"recserve": f"{base}/v1/interactions", "no-op floor": f"{base}/noop/v1/interactions"}
         timed_run(urls, bodies(30), 1, flag="memory_updated")  # warm-up
@@ -60,6 +58,7 @@ def main() -> None:
             print_ratio_rows(str(clients), samples, flags)
     finally:
         serving.stop()
+        scratch.cleanup()
 
 
 if __name__ == "__main__":

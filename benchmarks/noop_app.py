@@ -10,9 +10,11 @@ import asyncio
 
 from fastapi import FastAPI, Query
 from ray import serve
+from ray.serve import Application
 from ray.serve.handle import DeploymentHandle
 
 from deployments.contract import Candidate, ModelQuery
+from deployments.ingress import MODEL_CALLS
 from deployments.schemas import InteractionBatch, InteractionsBody, RecommendRequest
 
 noop_api = FastAPI()
@@ -32,7 +34,7 @@ class NoopModel:
 @serve.ingress(noop_api)
 class NoopIngress:
     def __init__(self, *models: DeploymentHandle):
-        self.models = models
+        self.models = [handle.options(**MODEL_CALLS) for handle in models]  # called as the real ingress calls
 
     @noop_api.post("/v1/recommend")
     async def recommend(
@@ -51,4 +53,11 @@ class NoopIngress:
         return {"memory_updated": await self.models[0].observe.remote(list(range(len(events))))}
 
 
-noop_app = NoopIngress.bind(*(NoopModel.options(name=f"NoopModel{n}").bind() for n in range(5)))
+def build_noop_app(args: dict | None = None) -> Application:
+    """The no-op app; `args` (the namespace the serving config passes every app) is not used."""
+    return NoopIngress.bind(*(NoopModel.options(name=f"NoopModel{n}").bind() for n in range(5)))
+
+
+# Deployed from the same config file as the real app (benchmarks/serving_latency.config_copy), so that Serve builds
+# both alike: in its own processes, under the same Serve settings (pipelines/serving.py) and logging config.
+NOOP_APPLICATION = {"name": "noop", "route_prefix": "/noop", "import_path": "benchmarks.noop_app:build_noop_app"}

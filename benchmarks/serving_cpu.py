@@ -91,15 +91,10 @@ def main() -> None:
         raise SystemExit(f"need {30 + 2 * args.requests} users; {settings.namespace} has {len(users)}")
     bodies = [{"user_id": str(u), "k": 10, "strategy": args.strategy} for u in users]
 
-    from ray import serve
-
-    from benchmarks.noop_app import noop_app
-
     scratch = tempfile.TemporaryDirectory()
     try:
-        config = config_copy(Path(scratch.name), autoscaling) if args.autoscaling else serving.DEFAULT_CONFIG
+        config = config_copy(Path(scratch.name), autoscaling if args.autoscaling else None)
         serving.start(settings, config, http_port=args.port)
-        serve.run(noop_app, name="noop", route_prefix="/noop")
         base = f"http://127.0.0.1:{args.port}"
         for body in bodies[:30]:  # warm connections and replicas
             requests.post(f"{base}/v1/recommend", json=body, timeout=30)

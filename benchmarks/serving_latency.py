@@ -40,6 +40,7 @@ import numpy as np
 import requests
 import yaml
 
+from benchmarks.noop_app import NOOP_APPLICATION
 from deployments.contract import NOT_CALLED_OUTCOMES
 from deployments.ingress import IngressConfig
 from pipelines import serving
@@ -128,10 +129,12 @@ MODELS = IngressConfig().cascade
 SCHEDULES = {"interleaved": None, "blocks": 80}
 
 
-def config_copy(folder: Path, edit: Callable[[dict], None]) -> Path:
-    """serve_config.yaml as `edit` changes it, written to `folder`, for one benchmark run."""
+def config_copy(folder: Path, edit: Callable[[dict], None] | None = None) -> Path:
+    """serve_config.yaml as `edit` changes it, with the no-op app added, written to `folder` for one benchmark run."""
     config = yaml.safe_load(serving.DEFAULT_CONFIG.read_text())
-    edit(config)
+    if edit is not None:
+        edit(config)
+    config["applications"].append(NOOP_APPLICATION)
     path = folder / "serve_config.yaml"
     path.write_text(yaml.safe_dump(config))
     return path
@@ -173,17 +176,10 @@ def main() -> None:
         raise SystemExit(f"need {wanted} distinct users (each cold request is a new one); {settings.namespace} has {len(users)}")
     users = iter(users[:wanted])
 
-    from ray import serve
-
-    from benchmarks.noop_app import noop_app
-
     scratch = tempfile.TemporaryDirectory()
     try:
-        config = serving.DEFAULT_CONFIG
-        if args.cascade or args.min_source_weight is not None:
-            config = config_copy(Path(scratch.name), run_config_edit(args.cascade, args.min_source_weight))
+        config = config_copy(Path(scratch.name), run_config_edit(args.cascade, args.min_source_weight))
         serving.start(settings, config, http_port=args.port)  # inside: a start that times out still stops Ray
-        serve.run(noop_app, name="noop", route_prefix="/noop")
         base = f"http://127.0.0.1:{args.port}"
         print(f"/v1/recommend per strategy (forced with `strategy`) vs. a no-op ingress making the same model calls; "
               f"namespace {settings.namespace}; {args.requests} requests per app per row, k=10, "
