@@ -1,11 +1,13 @@
 from datetime import UTC, datetime, timedelta
 
 import pandas as pd
+import psycopg2
 import pytest
 
 from stores.event_store import EventRow, EventStore, LoadError, SessionEnd, StoredEventRow
 from stores.frames import EVENT_COLUMNS, ITEM_COLUMNS, USER_COLUMNS, Dataset, PresetSplit
 from stores.migrations import discover, migrate
+from stores.postgres import Database
 
 NOW = pd.Timestamp("2026-01-01T12:00:00Z")
 
@@ -107,6 +109,21 @@ def test_seen_items_newest_first(db):
     store.load_dataset(tiny_dataset(), progress=False)
     assert store.seen_items("u1") == ["i2", "i1"]
     assert store.items_by_id(["i1", "nope"])["i1"]["provider"] == "Studio A"
+
+
+def test_read_cursor_runs_outside_a_transaction_and_hands_back_a_transactional_connection(db):
+    db = Database(db.dsn, db.namespace, max_connections=1)  # one connection: each block below gets the same one
+    with db.read_cursor() as cur:
+        cur.execute("SELECT 1")
+        # The server reports no open transaction after the statement: nothing to COMMIT afterwards.
+        assert cur.connection.get_transaction_status() == psycopg2.extensions.TRANSACTION_STATUS_IDLE
+    with pytest.raises(psycopg2.errors.UndefinedTable):
+        with db.read_cursor() as cur:
+            cur.execute("SELECT * FROM no_such_table")
+    # The connection goes back to the pool as `connection` hands it out: not in autocommit.
+    with db.connection() as conn:
+        assert conn.autocommit is False
+    db.close()
 
 
 def test_events_after_follows_the_log_and_picks_up_late_commits(db):
