@@ -8,6 +8,8 @@ as a replica does; then, for users not asked before, the script times what a fus
   cache miss) and the ranker over the five answers (`FusionScorer.rank`);
 - each replica's `recommend`, with the query fusion sends (k = the ranker's candidates per source, the seen
   items excluded, `session_only` false).
+- sending a source's answer (popularity's, `k` candidates) back: pickled and unpickled with cloudpickle, Serve's
+  default for handle calls over gRPC, and with plain pickle, which the ingress asks for (`MODEL_CALLS`).
 And the two costs that session 13 took off the hot path, so they can be compared with the rest:
 - TGN's log read (`catch_up`: two PostgreSQL queries in a worker thread), which `recommend` now does only
   when PostgreSQL has notified it of new rows;
@@ -22,6 +24,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import os
+import pickle
 import statistics
 import time
 from collections import defaultdict
@@ -29,6 +32,8 @@ from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from datetime import UTC, datetime
+
+from ray import cloudpickle
 
 from deployments.content import ContentDeployment
 from deployments.contract import ModelQuery
@@ -90,6 +95,11 @@ async def measure(namespace: str, users: int) -> tuple[dict[str, list[float]], d
                 found = await recommend(query)
             lists[name] = [(c.item_id, c.score) for c in found]
             answered[name] += recording and bool(found)
+        # What a model call's answer costs to send back, with Serve's default serializer and with the ingress's.
+        with clock("popularity's answer through cloudpickle (Serve's default): dump + load"):
+            cloudpickle.loads(cloudpickle.dumps(found))
+        with clock("popularity's answer through pickle (`MODEL_CALLS`): dump + load"):
+            pickle.loads(pickle.dumps(found, protocol=pickle.HIGHEST_PROTOCOL))
         with clock("ingress: ranker"):
             ranker.rank(lists, FusionContext(history_length=len(seen), time=datetime.now(UTC)), limit=10)
         with clock("tgn: log read (catch_up)"):

@@ -124,11 +124,10 @@ def evidence_arrays(lists: Mapping[str, Ranked], sources: Sequence[str]) -> tupl
     columns = np.repeat(np.arange(len(sources)), lengths)
     starts = np.cumsum(lengths) - lengths
     present = lengths[answered]
-    # Each list's scores as z-scores (a list of one has no spread: z = 0).
+    # Each list's scores as z-scores (a list of one, or of equal scores, has no spread: every z is 0).
     mean = np.add.reduceat(scores, starts[answered]) / present
     deviation = scores - np.repeat(mean, present).astype(np.float32)
-    spread = np.sqrt(np.add.reduceat(deviation * deviation, starts[answered]) / present)
-    spread = np.where(present > 1, np.maximum(spread, 1e-6), 1.0)
+    spread = np.maximum(np.sqrt(np.add.reduceat(deviation * deviation, starts[answered]) / present), 1e-6)
     out[rows, columns, 0] = 1.0
     out[rows, columns, 1] = deviation / np.repeat(spread, present)
     out[rows, columns, 2] = 1.0 / (np.arange(total) - np.repeat(starts, lengths) + 1)

@@ -89,6 +89,32 @@ def test_the_numpy_scorer_ranks_as_the_torch_module_scores():
         weights.numpy(), abs=1e-6)
 
 
+def test_evidence_is_each_list_s_presence_z_score_and_reciprocal_rank():
+    """`evidence` handles every list in one pass of array operations; this is the definition, list by list,
+    over lists of every shape: missing, empty, of one item, of equal scores, overlapping."""
+    rng = random.Random(11)
+    for _ in range(100):
+        lists = {}
+        for source in SOURCES:
+            if rng.random() < 0.2:
+                continue  # did not answer
+            ids = rng.sample(range(80), rng.choice([0, 1, 2, 10, 30]))
+            equal = rng.random() < 0.1
+            lists[source] = [(f"i{i}", 2.0 if equal else rng.uniform(-3, 3)) for i in ids]
+        items, item_evidence, answered = evidence(lists, SOURCES)
+        row = {item: n for n, item in enumerate(items)}
+        assert items == list(dict.fromkeys(item for s in SOURCES for item, _ in lists.get(s, ())))
+        assert answered.tolist() == [bool(lists.get(s)) for s in SOURCES]
+        expected = torch.zeros_like(item_evidence)
+        for s, source in enumerate(SOURCES):
+            ranked = lists.get(source, [])
+            scores = torch.tensor([score for _, score in ranked])
+            spread = max(scores.std(unbiased=False).item(), 1e-6) if len(ranked) > 1 else 1.0
+            for rank, (item, score) in enumerate(ranked, start=1):
+                expected[row[item], s] = torch.tensor([1.0, (score - scores.mean().item()) / spread, 1.0 / rank])
+        assert torch.allclose(item_evidence, expected, atol=1e-4)
+
+
 def context_dependent_examples(count: int, seed: int) -> list[FusionExample]:
     """Both sources always answer with 20 of 200 items; the user's items are in TGN's list when the session
     is active and in popularity's otherwise, at random positions (rank and score say nothing), so only an
