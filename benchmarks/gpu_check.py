@@ -295,7 +295,7 @@ def check_lightgcn_serve(ml: MovieLens, device: str, state: LightGCNRun, folder:
     check.details["rank seconds for the batch (device)"] = round(time.perf_counter() - started, 4)
     answers_cpu = on_cpu.rank(queries)
     for row, (a, b) in enumerate(zip(answers_device, answers_cpu)):
-        check.ranked(f"query {row}", [(c.item_id, c.score) for c in a], [(c.item_id, c.score) for c in b],
+        check.ranked(f"query {row}", list(zip(a.item_ids, a.scores)), list(zip(b.item_ids, b.scores)),
                      group="rank, device vs cpu")
     check.details["queries compared"] = len(queries)
     if any(answers_device[-1]):
@@ -381,9 +381,8 @@ def check_tgn_serve(ml: MovieLens, device: str, state: TGNRun, folder: Path) -> 
     for row, query in enumerate(queries):
         a, b = on_device.rank(query, now), on_cpu.rank(query, now)
         answered += bool(a)
-        overlap.append(len({c.item_id for c in a} & {c.item_id for c in b}) / max(len(a), 1))
-        float32.ranked(f"query {row}", [(c.item_id, c.score) for c in a], [(c.item_id, c.score) for c in b],
-                       group="rank")
+        overlap.append(len(set(a.item_ids) & set(b.item_ids)) / max(len(a), 1))
+        float32.ranked(f"query {row}", list(zip(a.item_ids, a.scores)), list(zip(b.item_ids, b.scores)), group="rank")
     float32.details["rank: top-20 overlap, min"] = round(min(overlap), 2)
     check.details.update({f"float32 (as served), device vs cpu: {k}": v for k, v in float32.details.items()})
     check.details["queries answered (of)"] = [answered, len(queries)]

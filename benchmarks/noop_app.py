@@ -13,7 +13,7 @@ from ray import serve
 from ray.serve import Application
 from ray.serve.handle import DeploymentHandle
 
-from deployments.contract import Candidate, ModelQuery
+from deployments.contract import Candidates, ModelQuery
 from deployments.ingress import MODEL_CALLS
 from deployments.schemas import InteractionBatch, InteractionsBody, RecommendRequest
 
@@ -23,8 +23,8 @@ noop_api = FastAPI()
 # No CPU reservation: the real app's replicas already hold the two cores' worth of CPU slots.
 @serve.deployment(ray_actor_options={"num_cpus": 0})
 class NoopModel:
-    async def recommend(self, query: ModelQuery) -> list[Candidate]:
-        return [Candidate(item_id=str(i), score=1.0, source="noop", reason="noop") for i in range(query.k)]
+    async def recommend(self, query: ModelQuery) -> Candidates:
+        return Candidates.of("noop", [str(i) for i in range(query.k)], [1.0] * query.k, "noop")
 
     async def observe(self, event_ids: list[int]) -> bool:
         return True
@@ -45,7 +45,7 @@ class NoopIngress:
             answers = await asyncio.gather(*(m.recommend.remote(query) for m in self.models[:calls]))
         else:
             answers = [await m.recommend.remote(query) for m in self.models[:calls]]
-        return {"items": [c.model_dump() for c in answers[-1]]}
+        return {"items": [c.model_dump() for c in answers[-1].rows()]}
 
     @noop_api.post("/v1/interactions", status_code=201)
     async def interactions(self, body: InteractionsBody) -> dict:

@@ -9,7 +9,8 @@ as a replica does; then, for users not asked before, the script times what a fus
 - each replica's `recommend`, with the query fusion sends (k = the ranker's candidates per source, the seen
   items excluded, `session_only` false).
 - sending a source's answer (popularity's, `k` candidates) back: pickled and unpickled with cloudpickle, Serve's
-  default for handle calls over gRPC, and with plain pickle, which the ingress asks for (`MODEL_CALLS`).
+  default for handle calls over gRPC, and with plain pickle, which the ingress asks for (`MODEL_CALLS`); and, for
+  comparison, the same answer as a `Candidate` object per item, as models answered before `Candidates`.
 And the two costs that session 13 took off the hot path, so they can be compared with the rest:
 - TGN's log read (`catch_up`: two PostgreSQL queries in a worker thread), which `recommend` now does only
   when PostgreSQL has notified it of new rows;
@@ -36,7 +37,7 @@ from datetime import UTC, datetime
 from ray import cloudpickle
 
 from deployments.content import ContentDeployment
-from deployments.contract import ModelQuery
+from deployments.contract import Candidates, ModelQuery
 from deployments.hgt import HGTDeployment
 from deployments.lightgcn import LightGCNDeployment
 from deployments.popularity import PopularityDeployment
@@ -68,7 +69,7 @@ async def measure(namespace: str, users: int) -> tuple[dict[str, list[float]], d
 
     calls = {name: model.recommend for name, model in models.items()}
 
-    async def lightgcn_alone(query: ModelQuery) -> list:
+    async def lightgcn_alone(query: ModelQuery) -> Candidates:
         return models["lightgcn"].loaded.rank([query])[0]
 
     calls["lightgcn"] = lightgcn_alone  # `@serve.batch` needs a replica; a lone request is a batch of one
@@ -93,13 +94,15 @@ async def measure(namespace: str, users: int) -> tuple[dict[str, list[float]], d
         for name, recommend in calls.items():
             with clock(f"{name}: recommend"):
                 found = await recommend(query)
-            lists[name] = [(c.item_id, c.score) for c in found]
+            lists[name] = list(zip(found.item_ids, found.scores))
             answered[name] += recording and bool(found)
         # What a model call's answer costs to send back, with Serve's default serializer and with the ingress's.
         with clock("popularity's answer through cloudpickle (Serve's default): dump + load"):
             cloudpickle.loads(cloudpickle.dumps(found))
         with clock("popularity's answer through pickle (`MODEL_CALLS`): dump + load"):
             pickle.loads(pickle.dumps(found, protocol=pickle.HIGHEST_PROTOCOL))
+        with clock("the same as a `Candidate` per item, the contract before `Candidates`: build + dump + load"):
+            pickle.loads(pickle.dumps(list(found.rows()), protocol=pickle.HIGHEST_PROTOCOL))
         with clock("ingress: ranker"):
             ranker.rank(lists, FusionContext(history_length=len(seen), time=datetime.now(UTC)), limit=10)
         with clock("tgn: log read (catch_up)"):

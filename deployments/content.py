@@ -27,7 +27,7 @@ from ray import serve
 
 from deployments.contract import (
     ArtifactModel,
-    Candidate,
+    Candidates,
     LookupResult,
     ModelQuery,
     ModelStatus,
@@ -48,8 +48,8 @@ MAX_SESSION_ITEMS = 20  # the most recent session items averaged into a visitor'
 MODEL = "content"
 
 
-def _candidates(hits: list[tuple[str, float]], reason: str) -> list[Candidate]:
-    return [Candidate(item_id=i, score=s, source=MODEL, reason=reason) for i, s in hits]
+def _candidates(hits: list[tuple[str, float]], reason: str) -> Candidates:
+    return Candidates.of(MODEL, [i for i, _ in hits], [s for _, s in hits], reason)
 
 
 # What a replica "loads" is the artifact version whose vectors it searches: the vectors stay in the store.
@@ -113,11 +113,11 @@ class ContentDeployment(ArtifactModel[str]):
             version=version,
         )
 
-    async def recommend(self, query: ModelQuery) -> list[Candidate]:
+    async def recommend(self, query: ModelQuery) -> Candidates:
         await self.fault_delay()
         version = self.loaded
         if version is None:
-            return []
+            return Candidates(source=MODEL)
         vector, reason = None, ""
         if query.user_id is not None:
             found = await self._vectors("users", [query.user_id], version)
@@ -129,7 +129,7 @@ class ContentDeployment(ArtifactModel[str]):
             if found:
                 vector, reason = np.mean(found, axis=0), "like the items in your session"
         if vector is None:
-            return []  # nothing known of them: the cascade's next stage answers
+            return Candidates(source=MODEL)  # nothing known of them: the cascade's next stage answers
         hits = await self._search(vector, query, version, [*query.exclude_ids, *query.session_items])
         return _candidates(hits, reason)
 

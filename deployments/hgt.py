@@ -23,7 +23,7 @@ from ray import serve
 
 from deployments.contract import (
     ArtifactModel,
-    Candidate,
+    Candidates,
     LookupResult,
     ModelQuery,
     ProviderItemsQuery,
@@ -43,8 +43,8 @@ def _user(query: ModelQuery | ProviderItemsQuery) -> UserContext:
     )
 
 
-def _candidates(scored: list[ScoredItem], source: str) -> list[Candidate]:
-    return [Candidate(item_id=s.item_id, score=s.score, source=source, reason=s.reason) for s in scored]
+def _candidates(scored: list[ScoredItem], source: str) -> Candidates:
+    return Candidates.of(source, [s.item_id for s in scored], [s.score for s in scored], [s.reason for s in scored])
 
 
 @serve.deployment(user_config={"version": "current"})
@@ -69,11 +69,11 @@ class HGTDeployment(ArtifactModel[HGTIndex]):
     # The torch work below runs on the replica's event loop: measured on this 2-core CPU, a known user
     # or a similar-items query is one product with the item vectors (~0.1 ms) and a new user adds one
     # small HGT pass over their links (~1.5 ms), less than a thread hop would be worth.
-    async def recommend(self, query: ModelQuery) -> list[Candidate]:
+    async def recommend(self, query: ModelQuery) -> Candidates:
         await self.fault_delay()
         index = self.loaded  # one version for the whole request, even if a hot swap lands meanwhile
         if index is None:
-            return []
+            return Candidates(source=self.model_name)
         user = _user(query)
         scored = index.recommend(
             user, query.k, exclude_ids=query.exclude_ids, category=query.filters.category, provider=query.filters.provider

@@ -13,12 +13,14 @@ from pathlib import Path
 import torch
 from ray import serve
 
-from deployments.contract import ArtifactModel, Candidate, ModelQuery
+from deployments.contract import ArtifactModel, Candidates, ModelQuery
 from deployments.devices import replica_device
 from models.embeddings import UserItemEmbeddings
 from models.item_index import ItemIndex
 from models.ranking import top_k_items
 from stores.artifacts import read_json
+
+MODEL = "lightgcn"
 
 
 @dataclass
@@ -45,9 +47,9 @@ class LoadedLightGCN:
             return self.embeddings.items[session].mean(dim=0), "liked with the items in your session"
         return None
 
-    def rank(self, queries: list[ModelQuery]) -> list[list[Candidate]]:
+    def rank(self, queries: list[ModelQuery]) -> list[Candidates]:
         """Candidates for each query: one [B, d] x [d, I] product and one masked top-k for the batch."""
-        results: list[list[Candidate]] = [[] for _ in queries]
+        results = [Candidates(source=MODEL) for _ in queries]
         known = [(row, q, v) for row, q in enumerate(queries) if (v := self.query_vector(q)) is not None]
         if not known:
             return results
@@ -60,33 +62,31 @@ class LoadedLightGCN:
         exclude = [self.items.indices([*q.exclude_ids, *q.session_items]) for _, q, _ in known]
         values, indices = top_k_items(scores, max(q.k for _, q, _ in known), exclude, allowed)
         for batch_row, (row, query, (_, reason)) in enumerate(known):
-            results[row] = [
-                Candidate(item_id=self.items.item_ids[i], score=float(v), source="lightgcn", reason=reason)
-                for v, i in zip(values[batch_row, : query.k].tolist(), indices[batch_row, : query.k].tolist())
-                if v != float("-inf")
-            ]
+            results[row] = Candidates.from_top_k(
+                MODEL, self.items.item_ids, values[batch_row, : query.k].tolist(), indices[batch_row, : query.k].tolist(), reason
+            )
         return results
 
 
 @serve.deployment(user_config={"version": "current"})
 class LightGCNDeployment(ArtifactModel[LoadedLightGCN]):
-    model_name = "lightgcn"
+    model_name = MODEL
 
     def load_artifact(self, folder: Path) -> LoadedLightGCN:
         return LoadedLightGCN.load(folder, device=replica_device())
 
-    async def recommend(self, query: ModelQuery) -> list[Candidate]:
+    async def recommend(self, query: ModelQuery) -> Candidates:
         await self.fault_delay()
         loaded = self.loaded  # one version for the whole request, even if a hot swap lands meanwhile
         if loaded is None:
-            return []
+            return Candidates(source=MODEL)
         return await self._recommend_batch(loaded, query)
 
     # No wait for a batch to fill: a lone request is answered at once, and under load the requests that
     # queue while a batch is being scored form the next one anyway.
     @serve.batch(max_batch_size=32, batch_wait_timeout_s=0.0)
-    async def _recommend_batch(self, versions: list[LoadedLightGCN], queries: list[ModelQuery]) -> list[list[Candidate]]:
-        results: list[list[Candidate]] = [[] for _ in queries]
+    async def _recommend_batch(self, versions: list[LoadedLightGCN], queries: list[ModelQuery]) -> list[Candidates]:
+        results = [Candidates(source=MODEL) for _ in queries]
         # Requests that straddle a hot swap carry different versions: rank each version's rows together.
         for loaded in {id(v): v for v in versions}.values():
             rows = [row for row, version in enumerate(versions) if version is loaded]

@@ -6,15 +6,18 @@ provider's items by popularity (on the request's device when it has that device'
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from ray import serve
 
-from deployments.contract import ArtifactModel, Candidate, LookupResult, ModelQuery, ProviderItemsQuery
+from deployments.contract import ArtifactModel, Candidates, LookupResult, ModelQuery, ProviderItemsQuery
 from models.item_index import ItemIndex
 from models.popularity import PopularityModel
 from models.ranking import top_k_items
+
+MODEL = "popularity"
 
 
 @dataclass
@@ -34,7 +37,7 @@ class LoadedPopularity:
         category: str | None,
         provider: str | None,
         unseen_too: bool = False,
-    ) -> list[Candidate]:
+    ) -> Candidates:
         """The top k by popularity (on `device` when known). Items nobody interacted with (score 0) are
         left out unless `unseen_too`: a "popular" list should not end in arbitrary ones."""
         scores = self.model.scores(device)
@@ -44,25 +47,23 @@ class LoadedPopularity:
         scope = f"on {device}" if per_device else "overall"
         if category:
             scope += f" in {category}"
-        return [
-            Candidate(item_id=self.items.item_ids[i], score=float(v), source="popularity", reason=f"popular {scope}")
-            for v, i in zip(values.tolist(), indices.tolist())
-            if v != float("-inf") and (v > 0 or unseen_too)
-        ]
+        return Candidates.from_top_k(
+            MODEL, self.items.item_ids, values.tolist(), indices.tolist(), f"popular {scope}", -math.inf if unseen_too else 0.0
+        )
 
 
 @serve.deployment(user_config={"version": "current"})
 class PopularityDeployment(ArtifactModel[LoadedPopularity]):
-    model_name = "popularity"
+    model_name = MODEL
 
     def load_artifact(self, folder: Path) -> LoadedPopularity:
         return LoadedPopularity(PopularityModel.load(folder), ItemIndex.load(folder))
 
-    async def recommend(self, query: ModelQuery) -> list[Candidate]:
+    async def recommend(self, query: ModelQuery) -> Candidates:
         await self.fault_delay()
         loaded = self.loaded
         if loaded is None:
-            return []
+            return Candidates(source=MODEL)
         return loaded.rank(query.device, query.k, query.exclude_ids, query.filters.category, query.filters.provider)
 
     async def provider_items(self, query: ProviderItemsQuery) -> LookupResult:

@@ -45,7 +45,7 @@ from deployments.contract import (
     TGN_SESSION_ITEMS_REASON,
     TGN_SESSION_REASON,
     ArtifactModel,
-    Candidate,
+    Candidates,
     ModelQuery,
     ModelUserConfig,
 )
@@ -64,6 +64,7 @@ from stores.postgres import Database
 
 log = logging.getLogger(__name__)
 
+MODEL = "tgn"
 LOG_PAGE = 10_000
 END_LOOKBACK = 20
 
@@ -227,24 +228,20 @@ class LiveTGN:
         return None
 
     @torch.no_grad()
-    def rank(self, query: ModelQuery, now: datetime, at: datetime | None = None) -> list[Candidate]:
+    def rank(self, query: ModelQuery, now: datetime, at: datetime | None = None) -> Candidates:
         found = self.query_vector(query, now, at or now)
         if found is None:
-            return []
+            return Candidates(source=MODEL)
         vector, reason = found
         scores = vector @ self.item_vectors().T
         allowed = self.items.mask(query.filters.category, query.filters.provider)
         values, indices = top_k_items(scores, query.k, [self.items.indices(query.exclude_ids)], allowed)
-        return [
-            Candidate(item_id=self.items.item_ids[i], score=float(v), source="tgn", reason=reason)
-            for v, i in zip(values[0].tolist(), indices[0].tolist())
-            if v != float("-inf")
-        ]
+        return Candidates.from_top_k(MODEL, self.items.item_ids, values[0].tolist(), indices[0].tolist(), reason)
 
 
 @serve.deployment(user_config={"version": "current"})
 class TGNDeployment(ArtifactModel[LiveTGN]):
-    model_name = "tgn"
+    model_name = MODEL
 
     def __init__(self, namespace: str, artifacts_dir: str):
         super().__init__(namespace, artifacts_dir)
@@ -301,11 +298,11 @@ class TGNDeployment(ArtifactModel[LiveTGN]):
             live.prune_sessions(datetime.now(UTC))
 
     # -- the model contract plus TGN's own methods ----------------------------------------------
-    async def recommend(self, query: ModelQuery) -> list[Candidate]:
+    async def recommend(self, query: ModelQuery) -> Candidates:
         await self.fault_delay()
         live = self.loaded
         if live is None:
-            return []
+            return Candidates(source=MODEL)
         await self.catch_up(live, unless_unchanged=True)
         now = datetime.now(UTC)
         return live.rank(query, now, query.time.astimezone(UTC) if query.time is not None else now)

@@ -13,7 +13,7 @@ import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
-from deployments.contract import Candidate, ModelQuery, StageAttempt
+from deployments.contract import Candidate, Candidates, ModelQuery, StageAttempt
 
 log = logging.getLogger(__name__)
 
@@ -21,7 +21,7 @@ log = logging.getLogger(__name__)
 @dataclass(frozen=True)
 class Stage:
     name: str
-    call: Callable[[ModelQuery], Awaitable[list[Candidate]]]
+    call: Callable[[ModelQuery], Awaitable[Candidates]]
     timeout_s: float
     # None: ask. A string: skip, and that is the recorded reason (e.g. "not_loaded").
     skip_reason: str | None = None
@@ -56,7 +56,7 @@ async def run_cascade(stages: list[Stage], query: ModelQuery, needed: int) -> Ca
             log.exception("stage %s failed", stage.name)
             attempts.append(StageAttempt(model=stage.name, outcome="error", latency_ms=_ms(started)))
             continue
-        fresh = [c for c in candidates if c.item_id not in chosen][: needed - len(chosen)]
+        fresh = [c for c in candidates.rows() if c.item_id not in chosen][: needed - len(chosen)]
         chosen.update((c.item_id, c) for c in fresh)
         outcome = "served" if len(chosen) >= needed else "too_few"
         attempts.append(StageAttempt(model=stage.name, outcome=outcome, returned=len(fresh), latency_ms=_ms(started)))

@@ -18,25 +18,25 @@ import dataclasses
 import logging
 import time
 
-from deployments.contract import TGN_HISTORY_REASON, Candidate, ModelQuery, StageAttempt
+from deployments.contract import TGN_HISTORY_REASON, Candidate, Candidates, ModelQuery, StageAttempt
 from fusion.cascade import CascadeResult, Stage
 from fusion.ranker import MIN_SOURCE_WEIGHT, SESSION_SOURCE, FusionContext, FusionScorer
 
 log = logging.getLogger(__name__)
 
 
-async def _ask(stage: Stage, query: ModelQuery) -> tuple[list[Candidate], StageAttempt]:
+async def _ask(stage: Stage, query: ModelQuery) -> tuple[Candidates | None, StageAttempt]:
     if stage.skip_reason is not None:
-        return [], StageAttempt(model=stage.name, outcome=stage.skip_reason, latency_ms=0.0)
+        return None, StageAttempt(model=stage.name, outcome=stage.skip_reason, latency_ms=0.0)
     started = time.perf_counter()
     try:
         async with asyncio.timeout(stage.timeout_s):  # unlike wait_for, no extra task per call
             candidates = await stage.call(query)
     except TimeoutError:
-        return [], StageAttempt(model=stage.name, outcome="timeout", latency_ms=_ms(started))
+        return None, StageAttempt(model=stage.name, outcome="timeout", latency_ms=_ms(started))
     except Exception:  # noqa: BLE001 - one source failing must not fail the request
         log.exception("source %s failed", stage.name)
-        return [], StageAttempt(model=stage.name, outcome="error", latency_ms=_ms(started))
+        return None, StageAttempt(model=stage.name, outcome="error", latency_ms=_ms(started))
     outcome = "served" if candidates else "too_few"
     return candidates, StageAttempt(model=stage.name, outcome=outcome, returned=len(candidates), latency_ms=_ms(started))
 
@@ -62,17 +62,17 @@ async def run_fusion(
     query = query.model_copy(update={"k": max(needed, per_source), "session_only": False})
     answers = await asyncio.gather(*(_ask(stage, query) for stage in stages))
     by_source = {stage.name: candidates for stage, (candidates, _) in zip(stages, answers) if candidates}
-    lists = {name: [(c.item_id, c.score) for c in candidates] for name, candidates in by_source.items()}
-    session = by_source.get(SESSION_SOURCE, ())
-    context = dataclasses.replace(context, session_active=bool(session) and session[0].reason != TGN_HISTORY_REASON)
-    originals = {name: {c.item_id: c for c in candidates} for name, candidates in by_source.items()}
+    lists = {name: list(zip(candidates.item_ids, candidates.scores)) for name, candidates in by_source.items()}
+    session = by_source.get(SESSION_SOURCE)
+    context = dataclasses.replace(context, session_active=bool(session) and session.reasons[0] != TGN_HISTORY_REASON)
+    reasons = {name: dict(zip(candidates.item_ids, candidates.reasons)) for name, candidates in by_source.items()}
     started = time.perf_counter()
     fused = []
     for item_id, score, contributions in ranker.rank(lists, context, limit=needed):
         # The item's source is its largest contributor among the sources that returned it; its reason is that source's.
-        returned_by = [s for s in contributions if item_id in originals.get(s, {})]
+        returned_by = [s for s in contributions if item_id in reasons.get(s, {})]
         source = max(returned_by, key=lambda s: contributions[s])
-        reason = originals[source][item_id].reason
+        reason = reasons[source][item_id]
         fused.append(Candidate(item_id=item_id, score=score, source=source, reason=reason, contributions=contributions))
     # The ranker's own time: choosing the sources, then ranking what they returned.
     ranking = StageAttempt(model="fusion", outcome="served", returned=len(fused), latency_ms=choosing_ms + _ms(started))

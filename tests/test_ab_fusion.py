@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from deployments.caches import CatalogSnapshot, ItemMeta, PerUserCache, SeenItems
-from deployments.contract import TGN_HISTORY_REASON, Candidate, ModelStatus
+from deployments.contract import TGN_HISTORY_REASON, Candidates, ModelStatus
 from deployments.ingress import Ingress, IngressConfig, IngressUserConfig, ServedFusion
 from deployments.schemas import RecommendBatchRequest, RecommendRequest
 from fusion.assignment import ABSettings, assign, bucket
@@ -59,8 +59,8 @@ class Metrics:
         pass
 
 
-def candidates(source: str, *item_ids: str) -> list[Candidate]:
-    return [Candidate(item_id=i, score=1.0 - n / 10, source=source, reason=f"{source} says") for n, i in enumerate(item_ids)]
+def candidates(source: str, *item_ids: str) -> Candidates:
+    return Candidates.of(source, item_ids, [1.0 - n / 10 for n in range(len(item_ids))], f"{source} says")
 
 
 class IngressUnderTest:
@@ -194,7 +194,7 @@ class ContextSpy(FusionScorer):
 
 @pytest.mark.parametrize(("reason", "active"), [("follows your current session", True), (TGN_HISTORY_REASON, False)])
 def test_fusion_asks_tgn_whatever_the_session_and_reads_the_session_from_its_reason(reason, active):
-    tgn = [Candidate(item_id="i1", score=1.0, source="tgn", reason=reason)]
+    tgn = Candidates.of("tgn", ["i1"], [1.0], reason)
     ingress = fusion_ingress(tgn=Model(tgn))
     ingress.fusion = ServedFusion("f1", ContextSpy(AttentionFusion(SOURCES)), 5)
     response = run(ingress.recommend(RecommendRequest(user_id="u1", k=3)))

@@ -2,19 +2,20 @@ import asyncio
 
 import pytest
 
-from deployments.contract import Candidate, ModelQuery
+from deployments.contract import Candidates, ModelQuery
 from fusion.cascade import Stage, run_cascade
 
 
 def returning(name: str, ids: list[str], delay: float = 0.0):
-    async def call(query: ModelQuery) -> list[Candidate]:
+    async def call(query: ModelQuery) -> Candidates:
         await asyncio.sleep(delay)
-        return [Candidate(item_id=i, score=1.0, source=name, reason="test") for i in ids if i not in query.exclude_ids]
+        kept = [i for i in ids if i not in query.exclude_ids]
+        return Candidates.of(name, kept, [1.0] * len(kept), "test")
 
     return call
 
 
-async def failing(query: ModelQuery) -> list[Candidate]:
+async def failing(query: ModelQuery) -> Candidates:
     raise RuntimeError("model exploded")
 
 
@@ -54,3 +55,20 @@ def test_partial_results_are_kept_and_not_repeated():
 def test_every_stage_failing_returns_what_there_is():
     result = run([Stage("a", failing, 1.0)])
     assert result.candidates == [] and result.attempts[0].outcome == "error"
+
+
+def test_candidates_are_rows_in_columns():
+    answer = Candidates.of("m", ["1", "2", "3"], [0.9, 0.5, 0.1], ["r1", "r2", "r3"])
+    assert len(answer) == 3
+    assert [(c.item_id, c.score, c.source, c.reason) for c in answer.rows(1)] == [("2", 0.5, "m", "r2"), ("3", 0.1, "m", "r3")]
+    assert [c.item_id for c in answer.rows(0, 2)] == ["1", "2"]
+    assert Candidates.of("m", ["1", "2"], [1.0, 0.5], "same").reasons == ["same", "same"]
+    with pytest.raises(ValueError, match="as long as each other"):
+        Candidates(source="m", item_ids=["1", "2"], scores=[1.0], reasons=["r", "r"])
+
+
+def test_candidates_from_a_top_k_leave_out_masked_rows():
+    catalogue = ["a", "b", "c", "d"]
+    top = Candidates.from_top_k("m", catalogue, [0.7, 0.0, float("-inf")], [2, 0, 3], ["x", "y", "z"])
+    assert (top.item_ids, top.reasons) == (["c", "a"], ["x", "y"])
+    assert Candidates.from_top_k("m", catalogue, [0.7, 0.0, float("-inf")], [2, 0, 3], "why", above=0.0).item_ids == ["c"]

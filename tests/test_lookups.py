@@ -15,7 +15,7 @@ import torch
 from pydantic import ValidationError
 
 from deployments.caches import CatalogSnapshot, ItemMeta, SeenItems, result_variant
-from deployments.contract import Candidate, LookupResult, ModelQuery, ModelStatus, ProviderItemsQuery, TextSearchQuery
+from deployments.contract import Candidates, LookupResult, ModelQuery, ModelStatus, ProviderItemsQuery, TextSearchQuery
 from deployments.ingress import Ingress, IngressConfig, api
 from deployments.popularity import LoadedPopularity, PopularityDeployment
 from deployments.schemas import (
@@ -194,8 +194,8 @@ class IngressUnderTest:
         return self.statuses
 
 
-def candidates(source: str, *item_ids: str) -> list[Candidate]:
-    return [Candidate(item_id=i, score=1.0 - n / 10, source=source, reason=f"{source} reason") for n, i in enumerate(item_ids)]
+def candidates(source: str, *item_ids: str) -> Candidates:
+    return Candidates.of(source, item_ids, [1.0 - n / 10 for n in range(len(item_ids))], f"{source} reason")
 
 
 def body(response) -> dict:
@@ -395,14 +395,14 @@ def test_popularity_lists_a_providers_items_unpopular_last():
     deployment = PopularityUnderTest(popularity_model())
     result = run(deployment.provider_items(ProviderItemsQuery(provider="P", k=10)))
     assert result.version == "p1" and result.missing is None
-    assert [c.item_id for c in result.candidates] == ["a", "b", "d"]  # d: never interacted with, still P's
-    assert all(c.source == "popularity" for c in result.candidates)
+    assert result.candidates.item_ids == ["a", "b", "d"]  # d: never interacted with, still P's
+    assert result.candidates.source == "popularity"
     on_ios = run(deployment.provider_items(ProviderItemsQuery(provider="P", device="ios", exclude_ids=["d"], k=10)))
-    assert [c.item_id for c in on_ios.candidates] == ["b", "a"]
+    assert on_ios.candidates.item_ids == ["b", "a"]
     in_x = run(deployment.provider_items(ProviderItemsQuery(provider="P", filters={"category": "x"}, k=10)))
-    assert [c.item_id for c in in_x.candidates] == ["a", "d"]
+    assert in_x.candidates.item_ids == ["a", "d"]
     # /v1/recommend still leaves out what nobody interacted with.
-    assert [c.item_id for c in run(deployment.recommend(ModelQuery(k=10)))] == ["a", "b", "c"]
+    assert run(deployment.recommend(ModelQuery(k=10))).item_ids == ["a", "b", "c"]
 
 
 def test_popularity_names_an_unknown_provider_and_says_when_not_loaded():
