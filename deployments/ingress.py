@@ -629,7 +629,8 @@ class Ingress:
             return _unavailable(message, self.config.retry_after_s)
         if result.missing is not None and looked_up is not None:
             return _not_found(result.missing, looked_up)
-        items, _ = await self._enriched(list(result.candidates.rows(offset, query.k)), NO_ARM)
+        page = list(result.candidates.rows(offset, query.k)) if result.candidates is not None else []
+        items, _ = await self._enriched(page, NO_ARM)
         return {"items": items, "model": model, "version": result.version}
 
     async def _lookup(self, endpoint: str, model: str, query: LookupQuery) -> tuple[LookupResult | None, str]:
