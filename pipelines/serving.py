@@ -188,12 +188,19 @@ def _is_ray_process(process) -> bool:
 
 @contextmanager
 def running(settings: Settings, config_path: Path = DEFAULT_CONFIG, http_port: int | None = None) -> Iterator[Any]:
-    """Serve for the duration of the block; Ctrl-C and SIGTERM end it cleanly."""
+    """Serve for the duration of the block; Ctrl-C and SIGTERM end it cleanly. Stopped while it is still starting,
+    it exits with status 130 (the block never runs)."""
     signal.signal(signal.SIGTERM, _terminate)
     try:
-        yield start(settings, config_path, http_port)
-    except KeyboardInterrupt:
-        pass
+        try:
+            config = start(settings, config_path, http_port)
+        except KeyboardInterrupt:
+            log.info("stopped while starting")
+            raise SystemExit(130) from None
+        try:
+            yield config
+        except KeyboardInterrupt:
+            pass
     finally:
         stop()
 

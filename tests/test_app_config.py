@@ -68,3 +68,36 @@ def test_the_grafana_dashboard_only_charts_metrics_that_exist():
     defined = set(re.findall(r'"(recserve_\w+)"', (REPO_ROOT / "deployments" / "metrics.py").read_text()))
     assert queried and queried <= {f"ray_{name}" for name in defined}
     assert {f"ray_{name}" for name in defined} - queried == set(), "a metric the dashboard does not show"
+
+
+@pytest.mark.parametrize("stopped_while", ["starting", "serving"])
+def test_ctrl_c_or_sigterm_stops_serve_cleanly_while_starting_or_serving(monkeypatch, stopped_while):
+    """A stop that lands while Serve is still starting leaves with status 130, not a contextlib error; either way
+    Ray is stopped. (Ray itself is not started: the interrupt is the fault under test.)"""
+    import signal
+
+    from pipelines import serving
+
+    stops = []
+
+    def start(*args, **kwargs):
+        if stopped_while == "starting":
+            raise KeyboardInterrupt
+        return "config"
+
+    monkeypatch.setattr(serving, "start", start)
+    monkeypatch.setattr(serving, "stop", lambda: stops.append(True))
+    handler = signal.getsignal(signal.SIGTERM)
+    try:
+        if stopped_while == "starting":
+            with pytest.raises(SystemExit) as exited:
+                with serving.running(None):
+                    pytest.fail("the block must not run")
+            assert exited.value.code == 130
+        else:
+            with serving.running(None) as config:
+                assert config == "config"
+                raise KeyboardInterrupt
+    finally:
+        signal.signal(signal.SIGTERM, handler)
+    assert stops == [True]
