@@ -123,6 +123,10 @@ class Candidates(BaseModel):
     def __len__(self) -> int:
         return len(self.item_ids)
 
+    def __iter__(self) -> Iterator[Candidate]:  # type: ignore[override]
+        """The rows, as a list of `Candidate`s would give them; not pydantic's (field, value) pairs."""
+        return self.rows()
+
     def rows(self, start: int = 0, stop: int | None = None) -> Iterator[Candidate]:
         """Rows `start` to `stop` as `Candidate`s, built as they are asked for."""
         for item_id, score, reason in zip(self.item_ids[start:stop], self.scores[start:stop], self.reasons[start:stop]):

@@ -62,6 +62,8 @@ def test_candidates_are_rows_in_columns():
     assert len(answer) == 3
     assert [(c.item_id, c.score, c.source, c.reason) for c in answer.rows(1)] == [("2", 0.5, "m", "r2"), ("3", 0.1, "m", "r3")]
     assert [c.item_id for c in answer.rows(0, 2)] == ["1", "2"]
+    assert list(answer) == list(answer.rows())  # iterated like the list of rows it replaces
+    assert not any(Candidates(source="m")) and any(answer)
     assert Candidates.of("m", ["1", "2"], [1.0, 0.5], "same").reasons == ["same", "same"]
     with pytest.raises(ValueError, match="as long as each other"):
         Candidates(source="m", item_ids=["1", "2"], scores=[1.0], reasons=["r", "r"])
